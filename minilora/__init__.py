@@ -1,0 +1,3 @@
+"""minilora: LoRA (low-rank adaptation) from scratch."""
+
+__version__ = "0.1.0"
