@@ -1,0 +1,134 @@
+"""Adapter files: save only A and B (and the numbers that go with them), in PEFT's on-disk format.
+
+Hu et al. 2021 (sections 1 and 4.2): one frozen base model can serve many tasks, each a small pair of matrices per
+adapted layer, swapped in memory. For GPT-2 small with r = 8 on ``c_attn`` that is 294,912 numbers against 124
+million. An adapter directory holds the two files PEFT writes and reads:
+
+    adapter_config.json         {"peft_type": "LORA", "r": 8, "lora_alpha": 8, "target_modules": ["c_attn"], ...}
+    adapter_model.safetensors   base_model.model.<module name>.lora_A.weight   (r, in)
+                                base_model.model.<module name>.lora_B.weight   (out, r)
+
+``load_adapter`` checks everything (files, options, targets, keys, shapes) before it changes the model, so a failed
+load leaves the model as it was.
+"""
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from .injection import check_wrappable, find_targets, inject
+from .layer import check_hyperparameters, linear_shape, lora_layers
+
+CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
+# PEFT options that change what an adapter computes and that minilora does not implement. Any value other than a
+# neutral one (None, False, "none", empty) is refused by name: silently ignoring it would give different outputs.
+UNSUPPORTED = ("use_dora", "bias", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern",
+               "layers_to_transform", "layers_pattern", "exclude_modules", "target_parameters", "layer_replication",
+               "trainable_token_indices", "alora_invocation_tokens", "use_qalora", "use_bdlora", "megatron_config",
+               "arrow_config", "kasa_config", "velora_config", "monteclora_config")
+
+
+def save_adapter(model, directory, base_model_name_or_path=None):
+    """Write the LoRA layers of ``model`` to ``directory`` as PEFT would; PEFT's ``PeftModel.from_pretrained`` reads it."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no LoRA layers to save; call minilora.inject first")
+    settings = sorted({(layer.r, layer.alpha, layer.lora_dropout.p, layer.use_rslora) for _, layer in layers})
+    if len(settings) > 1:
+        raise ValueError(f"the adapter format holds one (r, alpha, dropout, use_rslora) for all layers; "
+                         f"this model mixes {settings}")
+    (r, alpha, dropout, use_rslora), = settings
+    names = [name for name, _ in layers]
+    # Short names ("c_attn") when they select exactly the adapted layers, else the full names.
+    leaves = sorted({name.rpartition(".")[2] for name in names})
+    targets = leaves if find_targets(model, leaves) == names else names
+    config = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model_name_or_path,
+              "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": use_rslora,
+              "target_modules": targets, "fan_in_fan_out": any(layer.fan_in_fan_out for _, layer in layers),
+              "bias": "none", "use_dora": False, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
+              "layers_to_transform": None, "layers_pattern": None, "init_lora_weights": True, "inference_mode": True}
+    tensors = {}
+    for name, layer in layers:
+        for part in ("lora_A", "lora_B"):
+            tensors[f"{PREFIX}{name}.{part}.weight"] = getattr(layer, part).weight.detach().cpu().contiguous()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, directory / WEIGHTS, metadata={"format": "pt"})
+    (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _read_config(directory):
+    if not directory.is_dir():
+        raise FileNotFoundError(f"adapter directory {str(directory)!r} does not exist")
+    for file in (CONFIG, WEIGHTS):
+        if not (directory / file).is_file():
+            raise FileNotFoundError(f"{str(directory / file)!r} not found; an adapter directory holds {CONFIG} and "
+                                    f"{WEIGHTS} (PEFT writes the latter unless safe_serialization=False)")
+    config = json.loads((directory / CONFIG).read_text())
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{CONFIG} has peft_type={config.get('peft_type')!r}; minilora reads only 'LORA' adapters")
+    for key in UNSUPPORTED:
+        if config.get(key) not in (None, False, "none", {}, []):
+            raise ValueError(f"{CONFIG} sets {key}={config[key]!r}, which minilora does not implement")
+    if config.get("init_lora_weights", True) not in (True, False, "gaussian"):
+        # PiSSA, OLoRA, LoftQ and the like change the base weights too, so A and B alone do not reproduce the model.
+        raise ValueError(f"{CONFIG} sets init_lora_weights={config['init_lora_weights']!r}, "
+                         f"which minilora does not implement")
+    config.setdefault("lora_dropout", 0.0)
+    config.setdefault("use_rslora", False)
+    check_hyperparameters(config.get("r"), config.get("lora_alpha"), config["lora_dropout"], config["use_rslora"])
+    return config
+
+
+def load_adapter(model, directory):
+    """Load a LoRA adapter saved by ``save_adapter`` or by PEFT's ``save_pretrained`` into ``model``; return ``model``.
+
+    A model without LoRA layers gets them (``inject`` with the file's settings). A model that already carries LoRA on
+    exactly the adapter's targets, with the same ``r``, keeps its layers and gets the new ``A``, ``B`` and scaling:
+    that is how one base model switches between task adapters.
+    """
+    directory = Path(directory)
+    config = _read_config(directory)
+    r, targets = config["r"], config["target_modules"]
+    names = find_targets(model, targets)
+    existing = dict(lora_layers(model))
+    if existing:
+        if sorted(names) != sorted(existing):
+            raise ValueError(f"the model carries LoRA on {sorted(existing)[:4]}... but the adapter targets "
+                             f"{targets!r}, which selects {sorted(names)[:4]}...; unload first to change targets")
+        merged = [name for name, layer in existing.items() if layer.merged]
+        if merged:
+            raise ValueError(f"LoRA layer {merged[0]!r} is merged into its weights; call minilora.unmerge(model) "
+                             f"before loading another adapter")
+        ranks = {name: layer.r for name, layer in existing.items() if layer.r != r}
+        if ranks:
+            raise ValueError(f"the adapter has r={r} but the model's LoRA layers have {ranks}")
+    else:
+        check_wrappable(model, names)
+    tensors = load_file(directory / WEIGHTS)
+    expected = {}
+    for name in names:
+        module = model.get_submodule(name)
+        in_features, out_features, _ = linear_shape(module.base_layer if name in existing else module)
+        expected[f"{PREFIX}{name}.lora_A.weight"] = (r, in_features)
+        expected[f"{PREFIX}{name}.lora_B.weight"] = (out_features, r)
+    unknown, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
+    if unknown:
+        raise ValueError(f"{WEIGHTS} key {unknown[0]!r} matches no LoRA layer the adapter targets in "
+                         f"{type(model).__name__} ({len(unknown)} such keys)")
+    if missing:
+        raise ValueError(f"{WEIGHTS} has no tensor {missing[0]!r} ({len(missing)} missing)")
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ValueError(f"{WEIGHTS} tensor {key!r} has shape {tuple(tensors[key].shape)}, the model needs {shape}")
+    # Everything is checked: from here on nothing can fail.
+    if not existing:
+        inject(model, targets, r, config["lora_alpha"], config["lora_dropout"], config["use_rslora"])
+    for name in names:
+        layer = model.get_submodule(name)
+        layer.lora_A.weight.data.copy_(tensors[f"{PREFIX}{name}.lora_A.weight"])  # copy_ casts to the layer's dtype
+        layer.lora_B.weight.data.copy_(tensors[f"{PREFIX}{name}.lora_B.weight"])
+        layer.alpha, layer.use_rslora = config["lora_alpha"], config["use_rslora"]
+        layer.lora_dropout.p = config["lora_dropout"]
+    return model

@@ -1,0 +1,107 @@
+"""The LoRA layer: a frozen linear map plus a trainable low-rank branch.
+
+Hu et al. 2021, section 4.1, equation (3). For a frozen weight ``W0`` of shape ``(out, in)``:
+
+    h = W0 x + (alpha / r) · B A x          A: (r, in), B: (out, r), r << min(in, out)
+
+    x (..., in) ──► base_layer (W0 and bias, frozen) ─────────────────────────┐
+        └──► dropout ──► lora_A (r, in) ──► lora_B (out, r) ──► · scaling ──► + ──► h (..., out)
+
+``B`` starts at zero, so ``ΔW = B A`` is zero and the wrapped layer first computes exactly what the base layer did.
+The paper draws ``A`` from a Gaussian; like PEFT we use PyTorch's default ``nn.Linear`` init, Kaiming-uniform with
+``a = sqrt(5)``. ``scaling = alpha / r`` keeps the size of the update roughly independent of ``r``, so changing ``r`` needs
+no new learning rate (section 4.1); rank-stabilised LoRA (Kalajdzievski 2023) uses ``alpha / sqrt(r)`` instead.
+
+GPT-2 uses transformers' ``Conv1D``: a linear layer whose weight is stored transposed, ``(in, out)``. We recognise it by
+its ``nf`` attribute (number of output features) rather than importing transformers. ``A`` and ``B`` keep ``nn.Linear``'s
+layout; only ``ΔW`` is transposed, where it meets such a weight.
+"""
+
+import math
+import numbers
+
+import torch
+from torch import nn
+
+from .decomposition import check_rank
+
+
+def check_hyperparameters(r, alpha, dropout, use_rslora=False):
+    """Raise ValueError naming the first of the arguments that is out of range, and its value."""
+    check_rank(r)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < math.inf:
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(use_rslora, bool):
+        raise ValueError(f"use_rslora must be True or False, got {use_rslora!r}")
+
+
+def linear_shape(layer):
+    """Return ``(in_features, out_features, fan_in_fan_out)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features, False
+    weight = getattr(layer, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == getattr(layer, "nf", None):
+        return weight.shape[0], weight.shape[1], True  # Conv1D: weight (in, out)
+    raise TypeError(f"LoRA wraps nn.Linear or GPT-2's Conv1D, not {type(layer).__name__}")
+
+
+class LoRALinear(nn.Module):
+    """Wraps a linear layer (never copies it) and adds the trainable branch ``scaling · B A``."""
+
+    def __init__(self, base_layer, r, alpha, dropout=0.0, use_rslora=False):
+        super().__init__()
+        check_hyperparameters(r, alpha, dropout, use_rslora)
+        self.in_features, self.out_features, self.fan_in_fan_out = linear_shape(base_layer)
+        # Same device and dtype as W0; on the meta device this allocates nothing.
+        like = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
+        self.base_layer = base_layer
+        self.lora_dropout = nn.Dropout(dropout)
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, **like)  # weight (r, in), Kaiming-uniform a=sqrt(5)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, **like)  # weight (out, r)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as PEFT does, drawing the same numbers
+        nn.init.zeros_(self.lora_B.weight)  # ΔW = B A = 0 at the start
+        self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
+        self.merged = False  # True while ΔW is added into base_layer.weight
+        self.train(base_layer.training)  # a model in eval mode must not start dropping out
+
+    @property
+    def scaling(self):
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    def delta_weight(self):
+        """``ΔW = scaling · B A`` in fp32, laid out like ``base_layer.weight``: ``(out, in)``, or ``(in, out)`` for Conv1D."""
+        delta = self.scaling * (self.lora_B.weight.float() @ self.lora_A.weight.float())  # (out, r) @ (r, in) -> (out, in)
+        return delta.t() if self.fan_in_fan_out else delta
+
+    def forward(self, x):
+        if self.merged:
+            return self.base_layer(x)  # W0 already holds W0 + ΔW
+        if self.training or torch.is_grad_enabled():
+            return self.base_layer(x) + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))  # (..., out)
+        return self.fused_forward(x)
+
+    def fused_forward(self, x):
+        """The same ``W0 x + scaling · B A x`` in two operations on top of the base layer instead of five.
+
+        Each tensor operation costs a fixed overhead (a kernel launch on a GPU, a trip through PyTorch's dispatcher on
+        a CPU) that dominates at batch size 1. The form in ``forward`` runs dropout, ``A``, ``B``, the scale and the
+        add, and allocates a tensor for each. Here one product gives ``x Aᵀ`` and one ``addmm_`` adds
+        ``scaling · (x Aᵀ) Bᵀ`` into the base output in place. ``forward`` uses this only outside training (dropout is
+        off) and when autograd records nothing (``torch.no_grad`` or ``torch.inference_mode``), so training always
+        runs the equation as written.
+        """
+        result = self.base_layer(x)  # (..., out)
+        ax = x.reshape(-1, self.in_features) @ self.lora_A.weight.t()  # (N, in) @ (in, r) -> (N, r)
+        # (N, out) += scaling · (N, r) @ (r, out), written into result's memory
+        result.view(-1, self.out_features).addmm_(ax, self.lora_B.weight.t(), alpha=self.scaling)
+        return result
+
+    def extra_repr(self):
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, merged={self.merged}"
+
+
+def lora_layers(model):
+    """List ``(name, layer)`` for every LoRALinear in ``model``, in module order."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoRALinear)]

@@ -1,0 +1,75 @@
+"""Merging: fold the low-rank update into the frozen weight, so inference costs nothing extra.
+
+Hu et al. 2021, section 4.1 ("No additional inference latency"): since ``h = W0 x + ΔW x = (W0 + ΔW) x``, we can store
+``W = W0 + ΔW`` and run the plain layer. Subtracting ``ΔW`` recovers ``W0`` and frees the layer for another adapter.
+
+    merge:    W <- cast(float32(W) + ΔW)        ΔW = scaling · B A, computed in float32 by delta_weight()
+    unmerge:  W <- cast(float32(W) - ΔW)
+
+Both work in float32 and round once to the weight's dtype; adding a bf16 ``ΔW`` to a bf16 weight would round twice.
+A round trip is exact up to that rounding: each element moves by at most ``eps · (|W0| + |ΔW|)`` of its dtype.
+Merging is explicit and idempotent: a ``merged`` flag per layer makes a second call do nothing.
+"""
+
+from collections import Counter
+
+import torch
+
+from .injection import replace_module
+from .layer import lora_layers
+
+
+def _layers(model, merged):
+    """The LoRA layers of ``model`` whose ``merged`` flag equals ``merged``; raise if the model has none at all."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no LoRA layers; call minilora.inject first")
+    return [(name, layer) for name, layer in layers if layer.merged == merged]
+
+
+def _add_to_weight(layer, delta):
+    weight = layer.base_layer.weight.data  # (out, in), or (in, out) for Conv1D, like delta
+    weight.copy_(weight.float() + delta)  # copy_ rounds to the weight's dtype, once, in the same storage
+
+
+def merge(model):
+    """Add every layer's ``ΔW`` into its base weight.
+
+    Refuses, changing nothing, if any ``ΔW`` is not finite or any base weight is tied to another module.
+    """
+    pending = _layers(model, merged=False)
+    deltas = [layer.delta_weight() for _, layer in pending]
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    for (name, layer), delta in zip(pending, deltas):
+        if not torch.isfinite(delta).all():
+            raise ValueError(f"the LoRA update of {name!r} has inf or nan entries; refusing to merge")
+        if uses[id(layer.base_layer.weight)] > 1:  # e.g. GPT-2's lm_head, tied to the token embedding
+            raise ValueError(f"the weight of {name!r} is shared with another module (tied weights); merging into it "
+                             f"would change that module too")
+    for (_, layer), delta in zip(pending, deltas):
+        _add_to_weight(layer, delta)
+        layer.merged = True
+    return model
+
+
+def unmerge(model):
+    """Subtract every merged layer's ``ΔW`` from its base weight, restoring ``W0`` up to one rounding."""
+    for _, layer in _layers(model, merged=True):
+        _add_to_weight(layer, -layer.delta_weight())
+        layer.merged = False
+    return model
+
+
+_merge = merge  # unload's argument `merge` hides the function of that name
+
+
+def unload(model, merge=True):
+    """Replace every LoRALinear by its base layer and return ``model``.
+
+    With ``merge=True`` the base layers keep ``W0 + ΔW`` (the fine-tuned model at the base model's cost); with
+    ``merge=False`` they get ``W0`` back, unmerging first where needed. Base parameters stay frozen.
+    """
+    (_merge if merge else unmerge)(model)
+    for name, layer in lora_layers(model):
+        replace_module(model, name, layer.base_layer)
+    return model
