@@ -140,14 +140,18 @@ def _severe_console_entries(driver) -> list[str]:
 
 
 def _screenshot(driver, page: str) -> None:
-    """Save the whole page (up to a sane height) as _build/screenshots/<page>.png."""
+    """Save the whole page (up to 16,000 px tall) as _build/screenshots/<page>.png, for a person to look at."""
+    import base64
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    height = min(driver.execute_script("return document.documentElement.scrollHeight;"), 8000)
-    driver.set_window_size(1280, max(height, 900))
-    try:
-        driver.save_screenshot(str(SCREENSHOTS / (page.replace("/", "__").removesuffix(".html") + ".png")))
-    finally:
-        driver.set_window_size(1280, 900)
+    height = min(driver.execute_script("return document.documentElement.scrollHeight;"), 16000)
+    width = driver.execute_script("return document.documentElement.clientWidth;")
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {"captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}},
+    )
+    name = page.replace("/", "__").removesuffix(".html") + ".png"
+    (SCREENSHOTS / name).write_bytes(base64.b64decode(shot["data"]))
 
 
 def test_the_site_has_pages(site):
