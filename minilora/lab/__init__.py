@@ -1,0 +1,34 @@
+"""The book's lab: a bundled base model, small tasks, and the loops to fine-tune and evaluate on them.
+
+    from minilora import lab
+    model, tokenizer = lab.load_base()             # bundled GPT-2 (offline); lab.load_base("gpt2") for the real one
+    task = lab.get_task("largest")                 # lab.TASKS: "largest", "smallest", "antonyms"
+    history = lab.train(model, tokenizer, task)    # AdamW on whatever requires grad; returns per-step losses
+    lab.evaluate(model, tokenizer, task)           # greedy exact-match accuracy on the validation split
+    lab.validation_loss(model, tokenizer, task)    # cross-entropy of the targets, nats per token
+    lab.generate(model, tokenizer, "in: four seven twelve out:")   # greedy continuation
+
+The core package (`minilora`) never imports this one; it needs transformers, tokenizers and tqdm (plots.py also
+needs matplotlib): `pip install minilora[lab]`.
+"""
+
+from .models import BASE_MODEL_DIR, BaseModelUnavailable, load_base
+from .tasks import TASKS, Example, Task, get_task
+from .training import evaluate, exact_match, generate, predict, set_seed, train, validation_loss
+
+__all__ = [
+    "BASE_MODEL_DIR",
+    "BaseModelUnavailable",
+    "Example",
+    "TASKS",
+    "Task",
+    "evaluate",
+    "exact_match",
+    "generate",
+    "get_task",
+    "load_base",
+    "predict",
+    "set_seed",
+    "train",
+    "validation_loss",
+]

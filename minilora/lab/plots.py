@@ -1,0 +1,66 @@
+"""Small matplotlib helpers for the book's figures (matplotlib is imported here only, when a helper runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average: point i is the mean of values[max(0, i - window + 1) : i + 1]."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_losses(histories: Mapping[str, Sequence[float]], ax=None, smoothing: int = 1, title: str | None = None,
+                logy: bool = False):
+    """Plot one training-loss curve per entry of `histories` (label -> per-step losses) and return the axes.
+
+    `smoothing` > 1 draws a trailing moving average over that many steps instead of the raw, noisy losses.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5), dpi=90)
+    for label, losses in histories.items():
+        ax.plot(range(1, len(losses) + 1), smooth(list(losses), smoothing) if smoothing > 1 else losses, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss" + (f" ({smoothing}-step average)" if smoothing > 1 else ""))
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    if len(histories) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_metric(xs: Sequence, ys: Mapping[str, Sequence[float]] | Sequence[float], ax=None, xlabel: str = "",
+                ylabel: str = "accuracy", logx: bool = False, title: str | None = None):
+    """Line plot with markers of a metric against a setting, e.g. accuracy against the rank r; returns the axes.
+
+    `ys` is one list of values (one per x) or a dict label -> list for several lines.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5), dpi=90)
+    series = ys if isinstance(ys, Mapping) else {"": ys}
+    for label, values in series.items():
+        ax.plot(list(xs), list(values), marker="o", label=label or None)
+    if logx:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(xs), [str(x) for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if isinstance(ys, Mapping) and len(ys) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    return ax
