@@ -121,7 +121,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--card-only", action="store_true", help="rewrite README.md from the folder's training_log.json")
     args = p.parse_args()
+    if args.card_only:
+        record = json.loads((args.out / "training_log.json").read_text())
+        write_card(args.out, record, GPT2Config.from_pretrained(args.out))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.time()
@@ -219,7 +224,8 @@ def main() -> None:
     record = {
         "corpus": {
             "name": "King James Bible (1611), Debian package bible-kjv",
-            "command": f"bible -f {VERSE_SPEC} (verse references stripped, verses joined by newlines)",
+            "command": f"bible -f {VERSE_SPEC}",
+            "processing": "verse references stripped, verses joined by newlines",
             "sha256": sha,
             "verses": len(verses),
             "characters": len(text),
@@ -262,11 +268,11 @@ from scratch by `scripts/pretrain_base.py`, so that the book and its tests run o
 - {r['parameters']:,} parameters, fp32 safetensors
 
 ## Corpus and licence
-- {c['name']}: `{c['command']}`.
+- {c['name']}: the output of `{c['command']}`, {c['processing']}.
 - The King James Version was translated in 1611; its copyright has expired and the text is in the public domain
   (see `/usr/share/doc/bible-kjv-text/copyright` in the Debian package).
 - {c['verses']:,} verses, {c['characters']:,} characters, sha256 of the text `{c['sha256']}`.
-- {c['split']}: {c['train_tokens']:,} training and {c['validation_tokens']:,} validation tokens.
+- Split: {c['split']}; {c['train_tokens']:,} training and {c['validation_tokens']:,} validation tokens.
   The tokenizer was trained on the training verses only.
 
 ## Training
@@ -284,6 +290,11 @@ from scratch by `scripts/pretrain_base.py`, so that the book and its tests run o
 
 Greedy continuations:
 {samples}
+
+## Limitations
+Trained for minutes on one old book, it writes English words in the Bible's style but repeats itself, and it has
+not learned to copy from its context (no induction heads: a random word sequence is no easier to predict the second
+time it appears), so the lab's tasks ask for no copying by position.
 
 `training_log.json` holds the per-step training loss and every setting.
 """

@@ -143,3 +143,20 @@ def test_greedy_generation_is_made_of_words(base):
     vocab = {t[1:].lower() for t in tokenizer.get_vocab() if t.startswith("Ġ") and t[1:].isalpha()}
     assert len(words) >= 8
     assert sum(w.lower() in vocab for w in words) >= 0.9 * len(words), text  # whole words, not fragments
+
+
+def test_model_does_not_copy_from_context(base):
+    """The model card's limitation: a random word sequence is hardly easier the second time (no induction heads)."""
+    model, tokenizer = base
+    words = sorted(t for t in tokenizer.get_vocab() if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower())
+    generator = torch.Generator().manual_seed(0)
+    first = second = 0.0
+    for _ in range(4):
+        order = torch.randperm(len(words), generator=generator)[:30].tolist()
+        ids = torch.tensor(tokenizer.convert_tokens_to_ids([words[i] for i in order]))  # (30,)
+        ids = torch.cat([ids, ids])[None]  # (1, 60): the sequence twice
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)  # (59, vocab)
+        nll = -logp.gather(-1, ids[0, 1:, None])[:, 0]  # (59,)
+        first, second = first + nll[:29].mean().item(), second + nll[30:].mean().item()
+    assert second > first - 1.0, (first / 4, second / 4)  # an induction head would make the repeat far cheaper

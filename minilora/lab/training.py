@@ -58,6 +58,14 @@ def _batch(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int):
     return ids, mask, labels
 
 
+def _target_loss(model, ids, mask, labels, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of the labelled tokens: the logits at position t predict the token at t + 1."""
+    logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, vocab)
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction=reduction
+    )
+
+
 def train(
     model,
     tokenizer,
@@ -92,7 +100,7 @@ def train(
     for _ in bar:
         idx = torch.randint(len(encoded), (batch_size,), generator=generator).tolist()
         ids, mask, labels = _batch([encoded[i] for i in idx], tokenizer.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = _target_loss(model, ids, mask, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -114,12 +122,8 @@ def validation_loss(
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
         ids, mask, labels = _batch(encoded[start : start + batch_size], tokenizer.pad_token_id)
-        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, vocab)
-        shifted = labels[:, 1:]  # token t is predicted from the logits at t-1
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100, reduction="sum"
-        )
-        total, count = total + loss.item(), count + int((shifted != -100).sum())
+        total += _target_loss(model, ids, mask, labels, reduction="sum").item()
+        count += int((labels != -100).sum())
     model.train(was_training)
     return total / count
 
