@@ -21,12 +21,15 @@ from .injection import check_wrappable, find_targets, inject
 from .layer import check_hyperparameters, linear_shape, lora_layers
 
 CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
-# PEFT options that change what an adapter computes and that minilora does not implement. Any value other than a
-# neutral one (None, False, "none", empty) is refused by name: silently ignoring it would give different outputs.
-UNSUPPORTED = ("use_dora", "bias", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern",
-               "layers_to_transform", "layers_pattern", "exclude_modules", "target_parameters", "layer_replication",
-               "trainable_token_indices", "alora_invocation_tokens", "use_qalora", "use_bdlora", "megatron_config",
-               "arrow_config", "kasa_config", "velora_config", "monteclora_config")
+# PEFT options that change what an adapter computes and that minilora does not implement: a value other than a
+# neutral one is refused by name, since ignoring it would give other outputs. (PiSSA, OLoRA, LoftQ... initialisations
+# change the base weights too, so their A and B alone do not reproduce the fine-tuned model.)
+NEUTRAL = (None, False, "none", {}, [])
+ALLOWED = {key: NEUTRAL for key in (
+    "use_dora", "bias", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern", "layers_to_transform",
+    "layers_pattern", "exclude_modules", "target_parameters", "layer_replication", "trainable_token_indices",
+    "alora_invocation_tokens", "use_qalora", "use_bdlora", "megatron_config", "arrow_config", "kasa_config",
+    "velora_config", "monteclora_config")} | {"init_lora_weights": (None, True, False, "gaussian")}
 
 
 def save_adapter(model, directory, base_model_name_or_path=None):
@@ -38,7 +41,7 @@ def save_adapter(model, directory, base_model_name_or_path=None):
     if len(settings) > 1:
         raise ValueError(f"the adapter format holds one (r, alpha, dropout, use_rslora) for all layers; "
                          f"this model mixes {settings}")
-    (r, alpha, dropout, use_rslora), = settings
+    [(r, alpha, dropout, use_rslora)] = settings
     names = [name for name, _ in layers]
     # Short names ("c_attn") when they select exactly the adapted layers, else the full names.
     leaves = sorted({name.rpartition(".")[2] for name in names})
@@ -48,10 +51,8 @@ def save_adapter(model, directory, base_model_name_or_path=None):
               "target_modules": targets, "fan_in_fan_out": any(layer.fan_in_fan_out for _, layer in layers),
               "bias": "none", "use_dora": False, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
               "layers_to_transform": None, "layers_pattern": None, "init_lora_weights": True, "inference_mode": True}
-    tensors = {}
-    for name, layer in layers:
-        for part in ("lora_A", "lora_B"):
-            tensors[f"{PREFIX}{name}.{part}.weight"] = getattr(layer, part).weight.detach().cpu().contiguous()
+    tensors = {f"{PREFIX}{name}.{part}.weight": getattr(layer, part).weight.detach().cpu().contiguous()
+               for name, layer in layers for part in ("lora_A", "lora_B")}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, directory / WEIGHTS, metadata={"format": "pt"})
@@ -68,49 +69,36 @@ def _read_config(directory):
     config = json.loads((directory / CONFIG).read_text())
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{CONFIG} has peft_type={config.get('peft_type')!r}; minilora reads only 'LORA' adapters")
-    for key in UNSUPPORTED:
-        if config.get(key) not in (None, False, "none", {}, []):
+    for key, allowed in ALLOWED.items():
+        if config.get(key) not in allowed:
             raise ValueError(f"{CONFIG} sets {key}={config[key]!r}, which minilora does not implement")
-    if config.get("init_lora_weights", True) not in (True, False, "gaussian"):
-        # PiSSA, OLoRA, LoftQ and the like change the base weights too, so A and B alone do not reproduce the model.
-        raise ValueError(f"{CONFIG} sets init_lora_weights={config['init_lora_weights']!r}, "
-                         f"which minilora does not implement")
     config.setdefault("lora_dropout", 0.0)
     config.setdefault("use_rslora", False)
     check_hyperparameters(config.get("r"), config.get("lora_alpha"), config["lora_dropout"], config["use_rslora"])
     return config
 
 
-def load_adapter(model, directory):
-    """Load a LoRA adapter saved by ``save_adapter`` or by PEFT's ``save_pretrained`` into ``model``; return ``model``.
+def _check_swap(existing, names, config):
+    """Raise unless the model's LoRA layers can take the adapter's A and B as they are."""
+    if sorted(names) != sorted(existing):
+        raise ValueError(f"the model carries LoRA on {_some(existing)} but the adapter's target_modules="
+                         f"{config['target_modules']!r} select {_some(names)}; unload the model to change targets")
+    merged = [name for name, layer in existing.items() if layer.merged]
+    if merged:
+        raise ValueError(f"LoRA layer {merged[0]!r} is merged into its weights; call minilora.unmerge(model) "
+                         f"before loading another adapter")
+    ranks = {name: layer.r for name, layer in existing.items() if layer.r != config["r"]}
+    if ranks:
+        raise ValueError(f"the adapter has r={config['r']} but the model's LoRA layers have {ranks}")
 
-    A model without LoRA layers gets them (``inject`` with the file's settings). A model that already carries LoRA on
-    exactly the adapter's targets, with the same ``r``, keeps its layers and gets the new ``A``, ``B`` and scaling:
-    that is how one base model switches between task adapters.
-    """
-    directory = Path(directory)
-    config = _read_config(directory)
-    r, targets = config["r"], config["target_modules"]
-    names = find_targets(model, targets)
-    existing = dict(lora_layers(model))
-    if existing:
-        if sorted(names) != sorted(existing):
-            raise ValueError(f"the model carries LoRA on {sorted(existing)[:4]}... but the adapter targets "
-                             f"{targets!r}, which selects {sorted(names)[:4]}...; unload first to change targets")
-        merged = [name for name, layer in existing.items() if layer.merged]
-        if merged:
-            raise ValueError(f"LoRA layer {merged[0]!r} is merged into its weights; call minilora.unmerge(model) "
-                             f"before loading another adapter")
-        ranks = {name: layer.r for name, layer in existing.items() if layer.r != r}
-        if ranks:
-            raise ValueError(f"the adapter has r={r} but the model's LoRA layers have {ranks}")
-    else:
-        check_wrappable(model, names)
+
+def _read_tensors(directory, model, names, r):
+    """The adapter's tensors, after checking that they are exactly the A and B the named layers need."""
     tensors = load_file(directory / WEIGHTS)
     expected = {}
     for name in names:
         module = model.get_submodule(name)
-        in_features, out_features, _ = linear_shape(module.base_layer if name in existing else module)
+        in_features, out_features, _ = linear_shape(getattr(module, "base_layer", module))
         expected[f"{PREFIX}{name}.lora_A.weight"] = (r, in_features)
         expected[f"{PREFIX}{name}.lora_B.weight"] = (out_features, r)
     unknown, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
@@ -122,9 +110,32 @@ def load_adapter(model, directory):
     for key, shape in expected.items():
         if tuple(tensors[key].shape) != shape:
             raise ValueError(f"{WEIGHTS} tensor {key!r} has shape {tuple(tensors[key].shape)}, the model needs {shape}")
-    # Everything is checked: from here on nothing can fail.
+    return tensors
+
+
+def _some(names):
+    return f"{sorted(names)[:3]}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def load_adapter(model, directory):
+    """Load a LoRA adapter saved by ``save_adapter`` or by PEFT's ``save_pretrained`` into ``model``; return ``model``.
+
+    A model without LoRA layers gets them (``inject`` with the file's settings). A model that already carries LoRA on
+    exactly the adapter's targets, with the same ``r``, keeps its layers and gets the new ``A``, ``B`` and scaling:
+    that is how one base model switches between task adapters.
+    """
+    directory = Path(directory)
+    config = _read_config(directory)
+    names = find_targets(model, config["target_modules"])
+    existing = dict(lora_layers(model))
+    if existing:
+        _check_swap(existing, names, config)
+    else:
+        check_wrappable(model, names)
+    tensors = _read_tensors(directory, model, names, config["r"])
+    # Everything is checked: from here on nothing can fail, so a failed load has changed nothing.
     if not existing:
-        inject(model, targets, r, config["lora_alpha"], config["lora_dropout"], config["use_rslora"])
+        inject(model, config["target_modules"], config["r"], config["lora_alpha"])
     for name in names:
         layer = model.get_submodule(name)
         layer.lora_A.weight.data.copy_(tensors[f"{PREFIX}{name}.lora_A.weight"])  # copy_ casts to the layer's dtype

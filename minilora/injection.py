@@ -17,16 +17,8 @@ import re
 from .layer import LoRALinear, check_hyperparameters, linear_shape, lora_layers
 
 
-def _is_linear(module):
-    try:
-        linear_shape(module)
-    except TypeError:
-        return False
-    return True
-
-
 def _no_match_error(model, entry):
-    leaves = sorted({name.rpartition(".")[2] for name, m in model.named_modules() if _is_linear(m)})
+    leaves = sorted({name.rpartition(".")[2] for name, m in model.named_modules() if linear_shape(m)})
     close = difflib.get_close_matches(entry, leaves, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
     return ValueError(f"target_modules entry {entry!r} matches no module of {type(model).__name__}; {hint}"
@@ -58,7 +50,7 @@ def check_wrappable(model, names):
         module = model.get_submodule(name)
         if isinstance(module, LoRALinear):
             raise ValueError(f"module {name!r} already has LoRA; call minilora.unload(model) first to start over")
-        if not _is_linear(module):
+        if linear_shape(module) is None:
             raise TypeError(f"target module {name!r} is a {type(module).__name__}; LoRA wraps nn.Linear or Conv1D")
 
 

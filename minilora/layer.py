@@ -38,13 +38,13 @@ def check_hyperparameters(r, alpha, dropout, use_rslora=False):
 
 
 def linear_shape(layer):
-    """Return ``(in_features, out_features, fan_in_fan_out)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
+    """``(in_features, out_features, fan_in_fan_out)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D``, else None."""
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features, False
     weight = getattr(layer, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == getattr(layer, "nf", None):
         return weight.shape[0], weight.shape[1], True  # Conv1D: weight (in, out)
-    raise TypeError(f"LoRA wraps nn.Linear or GPT-2's Conv1D, not {type(layer).__name__}")
+    return None
 
 
 class LoRALinear(nn.Module):
@@ -53,7 +53,10 @@ class LoRALinear(nn.Module):
     def __init__(self, base_layer, r, alpha, dropout=0.0, use_rslora=False):
         super().__init__()
         check_hyperparameters(r, alpha, dropout, use_rslora)
-        self.in_features, self.out_features, self.fan_in_fan_out = linear_shape(base_layer)
+        shape = linear_shape(base_layer)
+        if shape is None:
+            raise TypeError(f"LoRA wraps nn.Linear or GPT-2's Conv1D, not {type(base_layer).__name__}")
+        self.in_features, self.out_features, self.fan_in_fan_out = shape
         # Same device and dtype as W0; on the meta device this allocates nothing.
         like = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
         self.base_layer = base_layer
@@ -78,19 +81,20 @@ class LoRALinear(nn.Module):
     def forward(self, x):
         if self.merged:
             return self.base_layer(x)  # W0 already holds W0 + ΔW
-        if self.training or torch.is_grad_enabled():
-            return self.base_layer(x) + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))  # (..., out)
-        return self.fused_forward(x)
+        inference = not (self.training or torch.is_grad_enabled()) and x.device.type in ("cpu", "cuda")
+        if inference and not torch.is_autocast_enabled(x.device.type):
+            return self.fused_forward(x)
+        return self.base_layer(x) + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))  # (..., out)
 
     def fused_forward(self, x):
-        """The same ``W0 x + scaling · B A x`` in two operations on top of the base layer instead of five.
+        """The same ``W0 x + scaling · B A x`` with two operations on top of the base layer instead of five.
 
-        Each tensor operation costs a fixed overhead (a kernel launch on a GPU, a trip through PyTorch's dispatcher on
-        a CPU) that dominates at batch size 1. The form in ``forward`` runs dropout, ``A``, ``B``, the scale and the
-        add, and allocates a tensor for each. Here one product gives ``x Aᵀ`` and one ``addmm_`` adds
-        ``scaling · (x Aᵀ) Bᵀ`` into the base output in place. ``forward`` uses this only outside training (dropout is
-        off) and when autograd records nothing (``torch.no_grad`` or ``torch.inference_mode``), so training always
-        runs the equation as written.
+        Each tensor operation has a fixed cost (a kernel launch on a GPU, a trip through PyTorch's dispatcher on a
+        CPU), a large part of LoRA's extra time on small inputs. The plain form runs dropout, ``A``, ``B``, the scale
+        and the add, with three intermediate tensors. Here one product gives ``x Aᵀ`` and one ``addmm_`` adds
+        ``scaling · (x Aᵀ) Bᵀ`` into the base output in place. ``forward`` uses this only in eval mode (no dropout),
+        when autograd records nothing (``torch.no_grad``, ``torch.inference_mode``) and without autocast (which
+        would pick each product's dtype), so training always runs the equation as written.
         """
         result = self.base_layer(x)  # (..., out)
         ax = x.reshape(-1, self.in_features) @ self.lora_A.weight.t()  # (N, in) @ (in, r) -> (N, r)

@@ -6,8 +6,8 @@ Hu et al. 2021, section 4.1 ("No additional inference latency"): since ``h = W0 
     merge:    W <- cast(float32(W) + ΔW)        ΔW = scaling · B A, computed in float32 by delta_weight()
     unmerge:  W <- cast(float32(W) - ΔW)
 
-Both work in float32 and round once to the weight's dtype; adding a bf16 ``ΔW`` to a bf16 weight would round twice.
-A round trip is exact up to that rounding: each element moves by at most ``eps · (|W0| + |ΔW|)`` of its dtype.
+Both work in float32 and round once to the weight's dtype (adding a bf16 ``ΔW`` to a bf16 weight would round twice),
+so a round trip moves each element by at most ``eps · (|W0| + |ΔW|)`` of that dtype, plus ``eps · tiny`` near zero.
 Merging is explicit and idempotent: a ``merged`` flag per layer makes a second call do nothing.
 """
 
@@ -38,7 +38,7 @@ def merge(model):
     Refuses, changing nothing, if any ``ΔW`` is not finite or any base weight is tied to another module.
     """
     pending = _layers(model, merged=False)
-    deltas = [layer.delta_weight() for _, layer in pending]
+    deltas = [layer.delta_weight() for _, layer in pending]  # all checked before any weight changes
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for (name, layer), delta in zip(pending, deltas):
         if not torch.isfinite(delta).all():

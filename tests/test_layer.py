@@ -79,6 +79,15 @@ def test_fused_path_equals_teaching_path(make, shape):
     assert torch.allclose(fused, teaching, atol=1e-6) and torch.allclose(fused_inference, teaching, atol=1e-6)
 
 
+def test_autocast_takes_the_plain_path():
+    layer = random_layer(nn.Linear(10, 7)).eval()
+    x = torch.randn(4, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = layer(x)
+        with torch.no_grad():
+            assert torch.equal(layer(x), plain)
+
+
 def test_fused_path_on_non_contiguous_input():
     layer = random_layer(nn.Linear(10, 7)).eval()
     x = torch.randn(10, 4).T  # (4, 10), transposed view

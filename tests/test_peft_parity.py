@@ -16,19 +16,22 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 TARGET_SETS = [["c_attn"], ["c_attn", "c_proj", "c_fc"], r".*\.1\.(attn|mlp)\.c_proj"]
 
 
-def test_counts_of_gpt2_small_equal_peft():
+def gpt2_small_pair():
+    """GPT-2 small (the real architecture, on the meta device: nothing allocated) with r = 8 on c_attn, both ways."""
     with torch.device("meta"):
         ours = minilora.inject(GPT2LMHeadModel(GPT2Config()), ["c_attn"], r=8, alpha=8)
         theirs = peft.get_peft_model(GPT2LMHeadModel(GPT2Config()),
                                      peft.LoraConfig(r=8, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True))
+    return ours, theirs
+
+
+def test_counts_of_gpt2_small_equal_peft():
+    ours, theirs = gpt2_small_pair()
     assert minilora.count_parameters(ours) == tuple(theirs.get_nb_trainable_parameters()) == (294_912, 124_734_720)
 
 
 def test_printed_line_equals_peft(capsys):
-    with torch.device("meta"):
-        ours = minilora.inject(GPT2LMHeadModel(GPT2Config()), ["c_attn"], r=8, alpha=8)
-        theirs = peft.get_peft_model(GPT2LMHeadModel(GPT2Config()),
-                                     peft.LoraConfig(r=8, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True))
+    ours, theirs = gpt2_small_pair()
     minilora.print_trainable_parameters(ours)
     mine = capsys.readouterr().out
     theirs.print_trainable_parameters()
