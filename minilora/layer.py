@@ -22,6 +22,7 @@ import numbers
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .decomposition import check_rank
 
@@ -97,9 +98,9 @@ class LoRALinear(nn.Module):
         would pick each product's dtype), so training always runs the equation as written.
         """
         result = self.base_layer(x)  # (..., out)
-        ax = x.reshape(-1, self.in_features) @ self.lora_A.weight.t()  # (N, in) @ (in, r) -> (N, r)
-        # (N, out) += scaling · (N, r) @ (r, out), written into result's memory
-        result.view(-1, self.out_features).addmm_(ax, self.lora_B.weight.t(), alpha=self.scaling)
+        ax = F.linear(x, self.lora_A.weight)  # (..., in) -> (..., r)
+        # (N, out) += scaling · (N, r) @ (r, out), N = the product of the leading dims, in result's own memory
+        result.view(-1, self.out_features).addmm_(ax.view(-1, self.r), self.lora_B.weight.t(), alpha=self.scaling)
         return result
 
     def extra_repr(self):
