@@ -17,8 +17,9 @@ import re
 from .layer import LoRALinear, check_hyperparameters, linear_shape, lora_layers
 
 
-def _no_match_error(model, entry):
-    leaves = sorted({name.rpartition(".")[2] for name, m in model.named_modules() if linear_shape(m)})
+def _no_match_error(model, entry, modules):
+    leaves = sorted({name.rpartition(".")[2] for name, module in modules.items()
+                     if isinstance(module, LoRALinear) or linear_shape(module)})
     close = difflib.get_close_matches(entry, leaves, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
     return ValueError(f"target_modules entry {entry!r} matches no module of {type(model).__name__}; {hint}"
@@ -37,11 +38,11 @@ def find_targets(model, target_modules):
                          f"got {target_modules!r}")
     # The parts of an existing LoRALinear (base_layer, lora_A, lora_B) are never targets themselves.
     inside_lora = tuple(name + "." for name, _ in lora_layers(model))
-    names = [name for name, _ in model.named_modules() if name and not name.startswith(inside_lora)]
+    modules = {name: module for name, module in model.named_modules() if name and not name.startswith(inside_lora)}
     for entry in entries:
-        if not any(matches(name, entry) for name in names):
-            raise _no_match_error(model, entry)
-    return [name for name in names if any(matches(name, entry) for entry in entries)]
+        if not any(matches(name, entry) for name in modules):
+            raise _no_match_error(model, entry, modules)
+    return [name for name in modules if any(matches(name, entry) for entry in entries)]
 
 
 def check_wrappable(model, names):

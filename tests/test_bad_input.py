@@ -179,3 +179,9 @@ def test_swap_with_another_rank_or_other_targets(adapter, tmp_path):
 def test_merge_save_on_models_without_lora(tmp_path):
     with pytest.raises(ValueError, match="GPT2LMHeadModel has no LoRA layers to save"):
         minilora.save_adapter(tiny_gpt2(), tmp_path)
+
+
+def test_suggestions_leave_out_the_parts_of_lora_layers():
+    model = minilora.inject(tiny_gpt2(), ["c_attn"])
+    with pytest.raises(ValueError, match=r"named c_attn, c_fc, c_proj, lm_head$"):
+        minilora.inject(model, ["lora"])
