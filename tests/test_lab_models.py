@@ -97,6 +97,8 @@ def test_env_var_hub_model_offline_fails(offline, monkeypatch):
 def test_unreachable_hub_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: CI exports it, so undo that reading too.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     start = time.perf_counter()
     with pytest.raises(BaseModelUnavailable, match="cannot be reached"):
