@@ -99,7 +99,7 @@ def test_validation_loss_is_the_target_cross_entropy(base):
     model, tokenizer = base
     example = lab.get_task("smallest").validation[0]
     prompt = tokenizer(example.prompt)["input_ids"]
-    target = tokenizer(example.target)["input_ids"] + [tokenizer.eos_token_id]
+    target = tokenizer(example.target + "\n")["input_ids"]  # every answer ends with a newline
     ids = torch.tensor([prompt + target])
     labels = torch.tensor([[-100] * len(prompt) + target])
     with torch.no_grad():
@@ -117,3 +117,17 @@ def test_plot_losses_draws_one_line_per_history():
     ax = plots.plot_losses({"r=1": [3.0, 2.0, 1.0], "r=8": [3.0, 1.0, 0.5]}, smoothing=2)
     assert len(ax.lines) == 2 and list(ax.lines[1].get_ydata()) == [3.0, 2.0, 0.75]
     assert plots.smooth([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+
+
+def test_answers_end_at_a_newline(base):
+    """Targets are followed by a newline (the token that ended every verse in pretraining); decoding stops there."""
+    model, tokenizer = base
+    (newline,) = tokenizer("\n")["input_ids"]
+    [(_, target)] = lab.training._encode(tokenizer, [lab.Example("in: one two three out:", " three")])
+    assert target == tokenizer(" three")["input_ids"] + [newline]
+    verse = "And the evening and the morning were the third day."
+    prompt = tokenizer(verse, return_tensors="pt")
+    raw = model.generate(**prompt, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    raw = tokenizer.decode(raw[0, prompt["input_ids"].shape[1] :])
+    assert "\n" in raw  # the base model ends the verse, and starts another
+    assert lab.generate(model, tokenizer, verse, max_new_tokens=40) == raw.split("\n")[0]

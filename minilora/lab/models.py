@@ -39,7 +39,6 @@ def load_base(name: str | os.PathLike | None = None):
     `minilora.lab.train` expects.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     name = name if name is not None else os.environ.get("MINILORA_BASE") or None

@@ -1,7 +1,7 @@
 """Fine-tune and evaluate a causal LM on a task: the few loops the book needs, kept short.
 
-Training sees `prompt + target + eos` and computes the loss on the target and eos tokens only (labels -100
-elsewhere), so the model learns to answer and to stop, not to predict the prompt. Batches are right-padded with an
+Training sees `prompt + target + newline` and computes the loss on the target and newline tokens only (labels
+-100 elsewhere), so the model learns to answer and to stop, not to predict the prompt. Batches are right-padded with an
 attention mask. Evaluation decodes greedily in batches (left-padded, as generation needs) and counts exact matches.
 
 All of it works the same on a model with minilora's LoRA layers, on a PEFT model (`peft.get_peft_model`), and on a
@@ -10,6 +10,7 @@ fully trainable model: `train` optimizes whichever parameters have `requires_gra
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 
@@ -36,12 +37,24 @@ def _examples(task: Task | Sequence[Example], split: str, limit: int | None = No
     return examples[:limit] if limit is not None else examples
 
 
+# Every answer ends with a newline: the token that ended each verse the base model read in pretraining, so it knows
+# how to predict it, whereas its eos token never occurred there. Generation stops at a newline or at eos.
+ANSWER_END = "\n"
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    """The token ids that end an answer: the newline (if it is one token) and eos."""
+    newline = tokenizer(ANSWER_END, add_special_tokens=False)["input_ids"] if ANSWER_END else []
+    return (newline if len(newline) == 1 else []) + [tokenizer.eos_token_id]
+
+
 def _encode(tokenizer, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, target ids + eos) per example; the prompt and target are tokenized separately, so the boundary
-    between them is exact (the target starts with a space, where byte-level BPE splits words anyway)."""
+    """(prompt ids, target ids + end of answer) per example; the prompt and target are tokenized separately, so the
+    boundary between them is exact (the target starts with a space, where byte-level BPE splits words anyway)."""
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
     targets = tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"]
-    return [(p, t + [tokenizer.eos_token_id]) for p, t in zip(prompts, targets)]
+    end = _stop_ids(tokenizer)[0]
+    return [(p, t + [end]) for p, t in zip(prompts, targets)]
 
 
 def _batch(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int):
@@ -115,7 +128,7 @@ def validation_loss(
     model, tokenizer, task: Task | Sequence[Example], split: str = "validation", limit: int | None = None,
     batch_size: int = 64,
 ) -> float:
-    """Mean cross-entropy (nats per token) of the target and eos tokens given the prompt, over a split."""
+    """Mean cross-entropy (nats per token) of the target tokens and the newline that ends them, given the prompt."""
     encoded = _encode(tokenizer, _examples(task, split, limit))
     was_training = model.training
     model.eval()
@@ -130,27 +143,41 @@ def validation_loss(
 
 @torch.no_grad()
 def predict(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 20, batch_size: int = 64) -> list[str]:
-    """Greedy continuations of the prompts (without the prompts), each cut at the first eos, decoded to text."""
+    """Greedy continuations of the prompts (without the prompts), each cut before the first newline or eos, as text."""
     was_training = model.training
     model.eval()
-    outputs = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        enc = tokenizer(chunk, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
-        out = model.generate(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        for row in out[:, enc["input_ids"].shape[1] :].tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            outputs.append(tokenizer.decode(row))
-    model.train(was_training)
+    # Rows that finish early are filled with the pad token (= eos), and transformers then warns, wrongly, that the
+    # attention mask may be missing: batched decoding gives what decoding one prompt at a time gives (a test checks).
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        outputs = []
+        for start in range(0, len(prompts), batch_size):
+            outputs += _predict_batch(model, tokenizer, list(prompts[start : start + batch_size]), max_new_tokens)
+    finally:
+        hf_logger.setLevel(level)
+        model.train(was_training)
     return outputs
+
+
+def _predict_batch(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    stops = _stop_ids(tokenizer)
+    # Left padding: every prompt ends at the last column, where generation continues.
+    enc = tokenizer(prompts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+    out = model.generate(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stops,
+    )
+    texts = []
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
+        end = next((i for i, token in enumerate(row) if token in stops), len(row))
+        texts.append(tokenizer.decode(row[:end]))
+    return texts
 
 
 def exact_match(predictions: Sequence[str], targets: Sequence[str]) -> float:
@@ -174,5 +201,6 @@ def evaluate(
 
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int = 20) -> str:
-    """The greedy continuation of one prompt (without the prompt), stopping at eos or after max_new_tokens."""
+    """The greedy continuation of one prompt (without the prompt), stopping before a newline or eos, or after
+    max_new_tokens."""
     return predict(model, tokenizer, [prompt], max_new_tokens)[0]
