@@ -5,7 +5,7 @@ The variants run interleaved after a warm-up; each call is timed between two dev
 median and the 10th and 90th percentiles (the method is in ``minilora/lab/timing.py``). One JSON file per dtype goes to
 ``book/benchmarks/inference_<device>_<dtype>.json``; chapter 7 plots every such file it finds.
 
-    python scripts/benchmark_inference.py                 # CPU: gpt2, batch 1 and 8, seq 128, fp32 (a few minutes)
+    python scripts/benchmark_inference.py                 # CPU: gpt2, batch 1 and 4, seq 128, fp32 (about 5 minutes)
     python scripts/benchmark_inference.py --device cuda   # GPU: the LoRA paper's grid, gpt2 and gpt2-medium, fp32 and bf16
 
 It needs only torch, transformers and peft: minilora is imported from this checkout, not from an installed package.
@@ -16,6 +16,7 @@ import gc
 import importlib.util
 import os
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ _spec.loader.exec_module(timing)
 
 GRIDS = {  # device type -> defaults for --models, --batch, --seq-len, --dtype
     "cuda": (["gpt2", "gpt2-medium"], [1, 8, 32], [128, 512], ["float32", "bfloat16"]),
-    "cpu": (["gpt2"], [1, 8], [128], ["float32"]),
+    "cpu": (["gpt2"], [1, 4], [128], ["float32"]),
 }
 
 
@@ -107,6 +108,11 @@ def run(args, dtype_name):
                                                     cpu_ms=cpu_ms)
                 point = [{"model": model_name, "batch": batch, "seq_len": seq_len, "variant": name,
                           **timing.summarize(times[name], cpu_ms and cpu_ms[name])} for name in models]
+                if "base" in times:  # a check on the overheads: the median of same-round overheads
+                    paired = timing.paired_overheads(times)
+                    for row in point:
+                        if row["variant"] in paired:
+                            row["paired_overhead"] = statistics.median(paired[row["variant"]])
                 rows += point
                 print(f"  {model_name} batch {batch} seq {seq_len} (n={point[0]['n']}): {describe(point)}", flush=True)
         del models
@@ -127,7 +133,8 @@ def run(args, dtype_name):
             "warmup_rounds": args.warmup, "budget_s": args.budget_s,
             "min_rounds": args.min_rounds, "max_rounds": args.max_rounds, "seed": args.seed,
             "timer": "time.perf_counter between device synchronisations, one call per sample, variants interleaved; "
-                     "on the CPU also time.process_time (cpu_*_ms)",
+                     "on the CPU also time.process_time (cpu_*_ms); paired_overhead: median over rounds of "
+                     "(variant - base) / base within one round",
         },
         "check": checks,
         "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

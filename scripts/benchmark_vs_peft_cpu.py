@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import os
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,9 @@ def time_point(fns, args, **point):
     times = timing.time_interleaved(fns, device="cpu", warmup=args.warmup, budget_s=args.budget_s,
                                     min_rounds=args.min_rounds, max_rounds=args.max_rounds, cpu_ms=cpu_ms)
     rows = [{**point, "variant": name, **timing.summarize(times[name], cpu_ms[name])} for name in fns]
+    # a check on the ratio of medians: the median over rounds of minilora's time over PEFT's in the same round
+    paired = timing.paired_overheads(times, "peft_unmerged")["minilora_unmerged"]
+    rows[list(fns).index("minilora_unmerged")]["paired_ratio_to_peft"] = 1 + statistics.median(paired)
     report(rows)
     return rows
 
@@ -122,7 +126,7 @@ def main(argv=None):
             "warmup_rounds": args.warmup, "budget_s": args.budget_s,
             "min_rounds": args.min_rounds, "max_rounds": args.max_rounds, "seed": args.seed,
             "timer": "time.perf_counter (median_ms...) and time.process_time (cpu_median_ms...), one call per sample, "
-                     "variants interleaved",
+                     "variants interleaved; paired_ratio_to_peft: median over rounds of minilora / PEFT within a round",
         },
         "check": checks,
         "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

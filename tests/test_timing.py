@@ -53,6 +53,11 @@ def test_overhead():
     assert timing.overhead(110.0, 100.0) == pytest.approx(0.1)
 
 
+def test_paired_overheads_compare_within_rounds():
+    times = {"base": [10.0, 20.0], "peft_unmerged": [11.0, 24.0]}
+    assert timing.paired_overheads(times) == {"peft_unmerged": [pytest.approx(0.1), pytest.approx(0.2)]}
+
+
 def test_summarize_adds_cpu_statistics():
     stats = timing.summarize([1.0, 2.0, 3.0], cpu_ms=[0.5, 1.0, 1.5])
     assert (stats["median_ms"], stats["cpu_median_ms"], stats["n"]) == (2.0, 1.0, 3)
@@ -72,8 +77,9 @@ def test_overhead_table():
 # --- interleaving -----------------------------------------------------------------------------------------------------
 
 
-def test_schedule_interleaves():
-    assert timing.interleaved_schedule(["a", "b", "c"], 2) == ["a", "b", "c", "a", "b", "c"]
+def test_schedule_interleaves_and_rotates():
+    assert timing.interleaved_schedule(["a", "b", "c"], 4) == ["a", "b", "c", "b", "c", "a", "c", "a", "b",
+                                                              "a", "b", "c"]
     with pytest.raises(ValueError):
         timing.interleaved_schedule(["a", "a"], 1)
 
@@ -82,7 +88,8 @@ def test_time_interleaved_calls_in_order_with_warmup():
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in ["base", "merged", "peft_unmerged"]}
     times = timing.time_interleaved(fns, warmup=2, rounds=3)
-    assert calls == ["base", "merged", "peft_unmerged"] * (2 + 3)  # warm-up rounds, then timed rounds, interleaved
+    names = ["base", "merged", "peft_unmerged"]
+    assert calls == names * 2 + timing.interleaved_schedule(names, 3)  # warm-up rounds, then the timed schedule
     assert {name: len(t) for name, t in times.items()} == {"base": 3, "merged": 3, "peft_unmerged": 3}
     assert all(t >= 0 for ts in times.values() for t in ts)
 
@@ -181,6 +188,15 @@ def test_variants_share_weights_and_adapter():
         assert diff[name] < 1e-4, name  # every adapted variant computes the same function
     base_state = models["base"].state_dict()
     assert torch.equal(models["peft_unmerged"].state_dict()["transformer.wte.weight"], base_state["transformer.wte.weight"])
+
+
+def test_unmerged_variants_read_the_base_models_own_weights():
+    models = timing.build_variants("tiny")
+    base_weight = models["base"].transformer.h[0].attn.c_attn.weight
+    assert models["minilora_unmerged"].transformer.h[0].attn.c_attn.base_layer.weight is base_weight
+    assert models["peft_unmerged"].transformer.h[0].attn.c_attn.base_layer.weight is base_weight
+    assert models["merged"].transformer.h[0].attn.c_attn.base_layer.weight is not base_weight  # holds W0 + ΔW
+    assert models["peft_merged"].transformer.h[0].attn.c_attn.base_layer.weight is not base_weight
 
 
 def test_build_variants_rejects_unknown_names():

@@ -2,9 +2,9 @@
 
 How we time, and why:
 
-- **Interleave.** Every round runs each variant once, always in the same order: ``A B C A B C ...``. A shared machine
-  drifts (another job starts, a clock slows down); interleaving spreads the drift over every variant alike, so a ratio
-  of two medians taken in one run is fair even when the absolute figures move between runs.
+- **Interleave.** Every round runs each variant once: ``A B C B C A C A B ...``, each round starting one variant later.
+  A shared machine drifts (another job starts, a clock slows down); interleaving spreads the drift over every variant
+  alike, so a ratio of two medians taken in one run is fair even when the absolute figures move between runs.
 - **Warm up.** The first calls pay once for memory allocation, lazy initialisation and library heuristics (cuBLAS
   picks its kernels then); they are run and thrown away.
 - **Synchronise.** A GPU runs kernels asynchronously: without ``torch.cuda.synchronize()`` before reading the clock we
@@ -52,11 +52,16 @@ MODEL_SHAPES = {
 
 
 def interleaved_schedule(names, rounds):
-    """The order in which the variants run: ``rounds`` repetitions of ``names``, e.g. A B C A B C for two rounds."""
+    """The order in which the variants run: ``rounds`` rounds of every name once, each round starting one name later.
+
+    For three names and three rounds: A B C, B C A, C A B. Every variant runs once per round, so drift hits all alike;
+    and every variant takes every place in the round equally often, so an effect of the place itself (the variant
+    that runs after the largest model, say, or first after a pause) is not charged to one variant.
+    """
     names = list(names)
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must be distinct, got {names}")
-    return names * rounds
+    return [names[(start + i) % len(names)] for start in range(rounds) for i in range(len(names))]
 
 
 def quantile(values, q):
@@ -93,6 +98,17 @@ def summarize(times_ms, cpu_ms=None):
 def overhead(variant_ms, base_ms):
     """Extra time of a variant relative to the base model: ``(variant - base) / base``."""
     return (variant_ms - base_ms) / base_ms
+
+
+def paired_overheads(times_ms, baseline="base"):
+    """Per round, each variant's overhead over the baseline timed in the same round: name -> list of fractions.
+
+    Calls of one round run seconds apart at most, so a load that changes more slowly than that cancels out of each
+    of these; their median is a check on the overhead computed from the two medians.
+    """
+    base = times_ms[baseline]
+    return {name: [overhead(t, b) for t, b in zip(times, base)] for name, times in times_ms.items()
+            if name != baseline}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -259,10 +275,12 @@ def build_variants(model="gpt2", variants=VARIANTS, *, r=8, alpha=8, target_modu
 
     - ``base``: the model without LoRA.
     - ``merged``: minilora injected, then ``minilora.merge`` (ΔW added into W0; the LoRALinear wrappers stay).
-    - ``minilora_unmerged``: minilora injected, not merged.
+    - ``minilora_unmerged``: minilora injected, not merged; its frozen weights are the base model's own tensors.
     - ``peft_unmerged`` / ``peft_merged``: the same adapter through PEFT (``merge_adapter`` for the merged one).
       We time PEFT's injected GPT2LMHeadModel (``get_base_model()``), not the PeftModel wrapper around it, so the
-      comparison with minilora differs only in the LoRA layers.
+      comparison with minilora differs only in the LoRA layers. ``peft_unmerged`` shares the base tensors too.
+
+    Sharing means that the base model's parameters are frozen as well (``inject`` and PEFT freeze what they wrap).
 
     Weights are random (latency does not depend on their values). Everything is built and merged in fp32 on the CPU,
     then moved to ``device`` and cast to ``dtype``. Models are in eval mode unless ``train``.
@@ -275,18 +293,24 @@ def build_variants(model="gpt2", variants=VARIANTS, *, r=8, alpha=8, target_modu
     torch.manual_seed(seed)
     base = GPT2LMHeadModel(gpt2_config(model))
     factors = random_adapter(base, target_modules, r=r, seed=seed + 1)
+    # The unmerged variants wrap the very tensors of the base model (a deepcopy whose memo maps each parameter to
+    # itself), so the three read their frozen weights from the same memory and differ only in the LoRA branch: two
+    # copies of a weight can differ in speed by a few percent through where they happen to lie in memory alone. The
+    # merged variants need weights of their own, W0 + ΔW.
+    shared = {id(p): p for p in base.parameters()}
     models = {}
     for variant in variants:
         if variant == "base":
             continue  # the original itself, below, once every copy has been taken
+        copied = copy.deepcopy(base, memo=dict(shared) if variant.endswith("_unmerged") else None)
         if variant in ("merged", "minilora_unmerged"):
-            built = _with_minilora(copy.deepcopy(base), factors, r, alpha, target_modules)
+            built = _with_minilora(copied, factors, r, alpha, target_modules)
             if variant == "merged":
                 import minilora
 
                 minilora.merge(built)
         else:
-            peft_model = _with_peft(copy.deepcopy(base), factors, r, alpha, target_modules)
+            peft_model = _with_peft(copied, factors, r, alpha, target_modules)
             if variant == "peft_merged":
                 peft_model.merge_adapter()
             built = peft_model.get_base_model()
