@@ -10,9 +10,13 @@ leading space) but not the tasks: it scores 0 on all of them.
   antonyms  "in: weep strong north out:"  -> " laugh weak south"     replace each of 3 words by its opposite
 
 `largest` and `smallest` share their prompts, word for word, in both splits: only the adapter tells the model which
-to answer, which makes them the pair for swapping adapters. `largest` is also the task where LoRA's rank shows:
-with the same training budget, a rank-1 adapter on `c_attn` learns little of it and rank 8 to 16 most of it.
-`antonyms` is a lookup of 88 word pairs, harder: it needs adapters on more than `c_attn` and more steps.
+to answer, which makes them the pair for swapping adapters. `largest` is also the task where LoRA's rank shows: with
+the same budget (`minilora.lab.train`'s defaults, alpha = r, on `c_attn`), ranks 1 to 4 stall at a shortcut that is
+right about a third of the time, while ranks 8 and up get most answers right.
+
+`antonyms` is the hard one. Its answers must be lined up with the words by position, and the base model has no
+circuit for that (it never learned to copy from its context; see the model card), whereas `largest` and `smallest`
+only pick a word by what it is. In 300 steps a LoRA adapter on `c_attn` learns none of it.
 
 Every task is rebuilt from a fixed seed with its own `random.Random`, so the global random state is never touched
 and the examples are the same on every machine.
