@@ -21,10 +21,13 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 # Two workers: the tiny model's training steps keep little more than one core busy (the kernel runs at about 120% CPU),
-# so two notebooks at a time use the two cores of CI better than one.
-# --dist loadscope keeps every cell of a notebook (and every test of a module) on one worker, in order.
+# so two notebooks at a time use the two cores of CI better than one. Each kernel still starts one OpenMP thread per
+# core; OMP_WAIT_POLICY=PASSIVE makes an idle one sleep instead of spinning on a core the other worker needs (it
+# changes no result, only how threads wait). --dist loadscope keeps every cell of a notebook, and every test of a
+# module, on one worker, in order.
 test: book
-	$(BIN)/python -m pytest -n 2 --dist loadscope --durations 15 tests book --nbval --nbval-current-env
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --dist loadscope --durations 15 tests book --nbval \
+		--nbval-current-env
 
 notebooks: $(STAMP)
 	$(BIN)/python scripts/execute_notebooks.py
