@@ -10,13 +10,13 @@ leading space) but not the tasks: it scores 0 on all of them.
   antonyms  "in: weep strong north out:"  -> " laugh weak south"     replace each of 3 words by its opposite
 
 `largest` and `smallest` share their prompts, word for word, in both splits: only the adapter tells the model which
-to answer, which makes them the pair for swapping adapters. `largest` is also the task where LoRA's rank shows: with
-the same budget (`minilora.lab.train`'s defaults, alpha = r, on `c_attn`), ranks 1 to 4 stall at a shortcut that is
-right about a third of the time, while ranks 8 and up get most answers right.
+to answer, which makes them the pair for swapping adapters. `largest` is also the task where LoRA's rank shows:
+chapter 05 of the book sweeps r on it, and its small ranks stall at a shortcut (always answering `twelve`) that is
+right about a third of the time.
 
 `antonyms` is the hard one. Its answers must be lined up with the words by position, and the base model has no
 circuit for that (it never learned to copy from its context; see the model card), whereas `largest` and `smallest`
-only pick a word by what it is. In 300 steps a LoRA adapter on `c_attn` learns none of it.
+only pick a word by what it is.
 
 Every task is rebuilt from a fixed seed with its own `random.Random`, so the global random state is never touched
 and the examples are the same on every machine.

@@ -294,9 +294,8 @@ def build_variants(model="gpt2", variants=VARIANTS, *, r=8, alpha=8, target_modu
     base = GPT2LMHeadModel(gpt2_config(model))
     factors = random_adapter(base, target_modules, r=r, seed=seed + 1)
     # The unmerged variants wrap the very tensors of the base model (a deepcopy whose memo maps each parameter to
-    # itself), so the three read their frozen weights from the same memory and differ only in the LoRA branch: two
-    # copies of a weight can differ in speed by a few percent through where they happen to lie in memory alone. The
-    # merged variants need weights of their own, W0 + ΔW.
+    # itself), so the three read their frozen weights from the same memory and differ only in the LoRA branch, not
+    # in where their copies of W0 happen to lie. The merged variants need weights of their own, W0 + ΔW.
     shared = {id(p): p for p in base.parameters()}
     models = {}
     for variant in variants:
