@@ -22,7 +22,6 @@ import numbers
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .decomposition import check_rank
 
@@ -82,26 +81,58 @@ class LoRALinear(nn.Module):
     def forward(self, x):
         if self.merged:
             return self.base_layer(x)  # W0 already holds W0 + ΔW
-        inference = not (self.training or torch.is_grad_enabled()) and x.device.type in ("cpu", "cuda")
-        if inference and not torch.is_autocast_enabled(x.device.type):
+        if self.can_fuse(x):
             return self.fused_forward(x)
         return self.base_layer(x) + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))  # (..., out)
 
+    def can_fuse(self, x):
+        """Whether ``fused_forward`` computes what ``forward``'s equation does, for this input, now.
+
+        It must be inference: eval mode (no dropout), autograd recording nothing (``torch.no_grad``,
+        ``torch.inference_mode``), no autocast (which would choose each product's dtype), a CPU or CUDA tensor. And the
+        base layer must be a plain ``nn.Linear`` or GPT-2 ``Conv1D`` without hooks, because ``fused_forward`` reads
+        its weight and bias instead of calling it.
+        """
+        if self.training or torch.is_grad_enabled() or x.device.type not in ("cpu", "cuda"):
+            return False
+        if torch.is_autocast_enabled(x.device.type):
+            return False
+        base = self.base_layer
+        plain = type(base) is nn.Linear or (self.fan_in_fan_out and type(base).__name__ == "Conv1D")
+        return plain and not (base._forward_hooks or base._forward_pre_hooks)
+
     def fused_forward(self, x):
-        """The same ``W0 x + scaling · B A x`` with two operations on top of the base layer instead of five.
+        """The same ``W0 x + b + scaling · B A x``, in three operations where the equation as written takes five.
+
+        Written for a batch of rows, ``X`` of shape ``(N, in)``, the output is
+
+            H = (b + scaling · (X Aᵀ) Bᵀ) + X W0ᵀ
+
+        computed right to left in the bracket, then the large product added in place:
+
+        1. ``XA = X Aᵀ``: one thin product, ``(N, in) -> (N, r)``, computed as ``(A Xᵀ)ᵀ``: the same sums, laid out
+           as ``r`` rows of ``N``, which measured a little faster on the CPU than ``N`` rows of ``r``.
+        2. ``H = b + scaling · XA Bᵀ``: one ``addmm``, the bias broadcast over the rows.
+        3. ``H += X W0ᵀ``: one in-place ``addmm_``, the base layer's own product.
 
         Each tensor operation has a fixed cost (a kernel launch on a GPU, a trip through PyTorch's dispatcher on a
-        CPU), a large part of LoRA's extra time on small inputs. The plain form runs dropout, ``A``, ``B``, the scale
-        and the add, with three intermediate tensors. Here one product gives ``x Aᵀ`` and one ``addmm_`` adds
-        ``scaling · (x Aᵀ) Bᵀ`` into the base output in place. ``forward`` uses this only in eval mode (no dropout),
-        when autograd records nothing (``torch.no_grad``, ``torch.inference_mode``) and without autocast (which
-        would pick each product's dtype), so training always runs the equation as written.
+        CPU), a large part of LoRA's extra time on small inputs; the equation as written runs the base layer,
+        ``A``, ``B``, the scale and the add (dropout is the identity in eval mode), with three intermediate tensors.
+        Both that layout and the order are chosen by measurement (chapter 7, ``scripts/benchmark_lora_layer.py``):
+        adding the thin branch into ``H`` right after the bias was written, and the large product last, was cheaper
+        on the CPU than adding the branch into the base layer's finished output. ``forward`` uses this path only when ``can_fuse`` says so;
+        training always runs the equation as written.
         """
-        result = self.base_layer(x)  # (..., out)
-        ax = F.linear(x, self.lora_A.weight)  # (..., in) -> (..., r)
-        # (N, out) += scaling · (N, r) @ (r, out), N = the product of the leading dims, in result's own memory
-        result.view(-1, self.out_features).addmm_(ax.view(-1, self.r), self.lora_B.weight.t(), alpha=self.scaling)
-        return result
+        base = self.base_layer
+        rows = x.reshape(-1, self.in_features)  # (N, in), N = the product of the leading dims
+        xa = torch.mm(self.lora_A.weight, rows.t()).t()  # (r, in) @ (in, N) -> (r, N), viewed as (N, r)
+        if base.bias is None:
+            h = torch.mm(xa.mul_(self.scaling), self.lora_B.weight.t())  # (N, r) @ (r, out); xa is ours to scale
+        else:
+            h = torch.addmm(base.bias, xa, self.lora_B.weight.t(), alpha=self.scaling)  # b + scaling · XA Bᵀ
+        w0_t = base.weight if self.fan_in_fan_out else base.weight.t()  # (in, out) either way, a view
+        h.addmm_(rows, w0_t)  # H += X W0ᵀ
+        return h.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self):
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, merged={self.merged}"

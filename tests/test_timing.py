@@ -161,8 +161,24 @@ def test_environment_names_device_and_versions():
 
 
 def test_committed_results_are_valid():
-    for path in sorted((ROOT / "book" / "benchmarks").glob("*.json")):
-        timing.validate_results(json.loads(path.read_text()))
+    paths = sorted((ROOT / "book" / "benchmarks").glob("*.json"))
+    layer_files = [path for path in paths if path.name.startswith("lora_layer_")]
+    for path in paths:
+        if path not in layer_files:  # whole models: the agreed schema
+            timing.validate_results(json.loads(path.read_text()))
+    for path in layer_files:  # one matrix at a time: scripts/benchmark_lora_layer.py's own rows
+        check_layer_results(json.loads(path.read_text()))
+
+
+def check_layer_results(results):
+    variants = load_script("benchmark_lora_layer").VARIANTS
+    assert {"device", "torch", "transformers", "peft", "dtype", "command", "date"} <= results.keys()
+    points = {}
+    for row in results["rows"]:
+        assert 0 < row["p10_ms"] <= row["median_ms"] <= row["p90_ms"] and row["n"] >= 1, row
+        points.setdefault((row["layer"], row["tokens"]), []).append(row["variant"])
+        assert ("paired_overhead" in row) == (row["variant"] != "base"), row
+    assert points and all(found == list(variants) for found in points.values()), points
 
 
 # --- counting operations ----------------------------------------------------------------------------------------------
@@ -230,11 +246,21 @@ def test_vs_peft_script_writes_valid_json(tmp_path):
                      ("train_step", "minilora_unmerged"), ("train_step", "peft_unmerged")]
 
 
+def test_layer_script_writes_its_rows(tmp_path):
+    script = load_script("benchmark_lora_layer")
+    script.main(["--layers", "attn.c_proj", "--tokens", "1", "4", "--warmup", "0", "--min-rounds", "3",
+                 "--max-rounds", "3", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "lora_layer_cpu_float32.json").read_text())
+    check_layer_results(results)
+    assert [(r["tokens"], r["variant"]) for r in results["rows"]] == [(t, v) for t in (1, 4) for v in script.VARIANTS]
+    assert all(r["n"] == 3 for r in results["rows"])
+
+
 # --- the scripts run on a machine with only torch, transformers and peft ----------------------------------------------
 
 
 @pytest.mark.parametrize("path", ["minilora/lab/timing.py", "scripts/benchmark_inference.py",
-                                  "scripts/benchmark_vs_peft_cpu.py"])
+                                  "scripts/benchmark_vs_peft_cpu.py", "scripts/benchmark_lora_layer.py"])
 def test_imports_only_torch_transformers_peft_and_minilora_core(path):
     import ast
     import sys
