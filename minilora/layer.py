@@ -120,8 +120,8 @@ class LoRALinear(nn.Module):
         ``A``, ``B``, the scale and the add (dropout is the identity in eval mode), with three intermediate tensors.
         Both that layout and the order are chosen by measurement (chapter 7, ``scripts/benchmark_lora_layer.py``):
         adding the thin branch into ``H`` right after the bias was written, and the large product last, was cheaper
-        on the CPU than adding the branch into the base layer's finished output. ``forward`` uses this path only when ``can_fuse`` says so;
-        training always runs the equation as written.
+        on the CPU than adding the branch into the base layer's finished output. ``forward`` uses this path only
+        when ``can_fuse`` says so; training always runs the equation as written.
         """
         base = self.base_layer
         rows = x.reshape(-1, self.in_features)  # (N, in), N = the product of the leading dims
