@@ -11,7 +11,7 @@ leading space) but not the tasks: it scores 0 on all of them.
 
 `largest` and `smallest` share their prompts, word for word, in both splits: only the adapter tells the model which
 to answer, which makes them the pair for swapping adapters. `largest` is also the task where LoRA's rank shows:
-chapter 05 of the book sweeps r on it, and its small ranks stall at a shortcut (always answering `twelve`) that is
+chapter 05 of the book sweeps r on it, and its smallest ranks stall at a shortcut (always answering `twelve`) that is
 right about a third of the time.
 
 `antonyms` is the hard one. Its answers must be lined up with the words by position, and the base model has no
