@@ -7,7 +7,10 @@ it in `make test`; a cell tagged `raises-exception` may raise, any other error s
 tidied the way a terminal shows them, so that a progress bar is one line and not hundreds:
 
 - consecutive stream outputs of a cell (stdout after stdout, stderr after stderr) become one output;
-- a line that a carriage return rewrote keeps only its last version (tqdm redraws its bar with `\\r`).
+- a line that a carriage return rewrote keeps only its last version (tqdm redraws its bar with `\\r`);
+- a progress bar's last line is then dropped from stderr: a reader running the notebook sees the bar live, but the
+  page shows no elapsed times and rates, which are one machine's timing noise, not a result. A cell that prints a
+  bar is a training or timing cell, tagged `nbval-ignore-output`, so nbval does not miss the line.
 
 Why re-execute at all: the numbers a training run prints depend on the floating-point kernels of the processor (sums
 rounded in another order, amplified by hundreds of optimiser steps: chapter 2 executed on an Intel Xeon and on an AMD
@@ -33,6 +36,15 @@ def rewritten_lines(text):
     return "\n".join(line.rsplit("\r", 1)[-1] for line in re.split(r"\r?\n", text))
 
 
+# tqdm's line: "desc: 100%|#####| 300/300 [00:12<00:00, 24.1it/s, loss=0.123]" (the bar's characters vary).
+PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\| *[\d.]+[kMG]?/[\d.]+[kMG]? \[.*\]\s*$")
+
+
+def without_progress_bars(text):
+    """The text less tqdm's progress lines."""
+    return "\n".join(line for line in text.split("\n") if not PROGRESS_LINE.match(line))
+
+
 def coalesce_streams(outputs):
     """Merge consecutive stream outputs of the same name and resolve carriage returns; other outputs are kept."""
     merged = []
@@ -45,7 +57,9 @@ def coalesce_streams(outputs):
     for output in merged:
         if output.get("output_type") == "stream":
             output["text"] = rewritten_lines(output["text"])
-    return merged
+            if output["name"] == "stderr":
+                output["text"] = without_progress_bars(output["text"])
+    return [o for o in merged if o.get("output_type") != "stream" or o["text"].strip()]
 
 
 def execute(path, timeout):

@@ -64,3 +64,70 @@ def plot_metric(xs: Sequence, ys: Mapping[str, Sequence[float]] | Sequence[float
         ax.legend()
     ax.grid(alpha=0.3)
     return ax
+
+
+def plot_spread(xs: Sequence, runs: Mapping[str, Sequence[Sequence[float]]], ax=None, xlabel: str = "",
+                ylabel: str = "accuracy", logx: bool = False, title: str | None = None):
+    """A metric over seeds against a setting: every seed as a dot, the median as a line, the range as a band.
+
+    `runs[label][i]` holds one value per seed at `xs[i]` (for example the accuracies of `lab.seeds()` at rank
+    `xs[i]`). Returns the axes.
+    """
+    import statistics
+
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5), dpi=90)
+    xs = list(xs)
+    for label, per_x in runs.items():
+        per_x = [list(v) for v in per_x]
+        if len(per_x) != len(xs):
+            raise ValueError(f"runs[{label!r}] has {len(per_x)} entries for {len(xs)} x values")
+        medians = [statistics.median(v) for v in per_x]
+        (line,) = ax.plot(xs, medians, marker="o", label=f"{label} (median)" if label else "median")
+        ax.fill_between(xs, [min(v) for v in per_x], [max(v) for v in per_x], color=line.get_color(), alpha=0.15,
+                        linewidth=0)
+        for x, values in zip(xs, per_x):
+            ax.scatter([x] * len(values), values, color=line.get_color(), s=12, alpha=0.6, zorder=3)
+    if logx:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(title="band: range over seeds, dots: each seed", fontsize="small", title_fontsize="small")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_loss_band(histories: Mapping[str, Sequence[Sequence[float]]], ax=None, smoothing: int = 1,
+                   title: str | None = None, logy: bool = False):
+    """Training-loss curves over seeds: `histories[label]` holds one per-step loss list per seed.
+
+    Draws the per-step median (after a trailing average over `smoothing` steps) and a band from the lowest to the
+    highest seed. Returns the axes.
+    """
+    import statistics
+
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5), dpi=90)
+    for label, per_seed in histories.items():
+        curves = [smooth(list(h), smoothing) if smoothing > 1 else list(h) for h in per_seed]
+        steps = range(1, min(len(c) for c in curves) + 1)
+        columns = [[c[i - 1] for c in curves] for i in steps]
+        (line,) = ax.plot(steps, [statistics.median(col) for col in columns], label=f"{label} ({len(curves)} seeds)")
+        ax.fill_between(steps, [min(col) for col in columns], [max(col) for col in columns], color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss" + (f" ({smoothing}-step average)" if smoothing > 1 else ""))
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return ax
