@@ -131,3 +131,19 @@ def test_answers_end_at_a_newline(base):
     raw = tokenizer.decode(raw[0, prompt["input_ids"].shape[1] :])
     assert "\n" in raw  # the base model ends the verse, and starts another
     assert lab.generate(model, tokenizer, verse, max_new_tokens=40) == raw.split("\n")[0]
+
+
+def test_train_uses_a_given_optimizer():
+    """A caller's optimizer (parameter groups with their own learning rates) replaces the default AdamW."""
+    import minilora
+    from minilora import lab
+
+    model, tokenizer = lab.load_base()
+    minilora.inject(model, ["c_attn"], r=2, alpha=4)
+    a = [p for n, p in model.named_parameters() if "lora_A" in n]
+    b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    optimizer = torch.optim.AdamW([{"params": a, "lr": 0.0}, {"params": b, "lr": 1e-2}])
+    before = [p.detach().clone() for p in a]
+    lab.train(model, tokenizer, lab.get_task("largest"), steps=2, batch_size=4, optimizer=optimizer, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(a, before))  # lr 0 for A: unchanged
+    assert any(p.abs().sum() > 0 for p in b)  # B starts at zero and moved

@@ -89,6 +89,7 @@ def train(
     seed: int = 0,
     progress: bool = True,
     weight_decay: float = 0.0,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> list[float]:
     """Fine-tune with AdamW for `steps` steps on random batches of the task's train split; return the per-step losses.
 
@@ -99,12 +100,16 @@ def train(
     weight of a plain model (full fine-tuning). The batches come from a generator seeded with `seed`, and torch's
     global seed is set to `seed` too (for dropout), so a run is repeatable. The model is in train mode while it
     trains and back in eval mode when this returns.
+
+    `optimizer`, if given, replaces the AdamW built from `lr` and `weight_decay` (for parameter groups with their own
+    learning rates, as LoRA+ gives B a larger one than A); it must hold only parameters that require grad.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("No parameter requires grad: inject LoRA layers first, or unfreeze the model.")
     encoded = _encode(tokenizer, _examples(task, "train"))
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     history = []
