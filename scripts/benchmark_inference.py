@@ -7,6 +7,10 @@ median and the 10th and 90th percentiles (the method is in ``minilora/lab/timing
 
     python scripts/benchmark_inference.py                 # CPU: gpt2, batch 1 and 4, seq 128, fp32 (about 5 minutes)
     python scripts/benchmark_inference.py --device cuda   # GPU: the LoRA paper's grid, gpt2 and gpt2-medium, fp32 and bf16
+    python scripts/benchmark_inference.py --points 1x128 16x256 32x512   # chosen (batch, seq) points, not a product
+
+On the GPU the default points are the LoRA paper's Table 1, (batch, seq) = (32, 512), (16, 256), (1, 128), plus batch 1
+at seq 512; on the CPU, batch 1 and 4 at seq 128.
 
 It needs only torch, transformers and peft: minilora is imported from this checkout, not from an installed package.
 """
@@ -31,17 +35,29 @@ _spec = importlib.util.spec_from_file_location("minilora_lab_timing", ROOT / "mi
 timing = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(timing)
 
-GRIDS = {  # device type -> defaults for --models, --batch, --seq-len, --dtype
-    "cuda": (["gpt2", "gpt2-medium"], [1, 8, 32], [128, 512], ["float32", "bfloat16"]),
-    "cpu": (["gpt2"], [1, 4], [128], ["float32"]),
+GRIDS = {  # device type -> defaults for --models, --points (batch, seq_len), --dtype
+    "cuda": (["gpt2", "gpt2-medium"], [(1, 128), (1, 512), (16, 256), (32, 512)], ["float32", "bfloat16"]),
+    "cpu": (["gpt2"], [(1, 128), (4, 128)], ["float32"]),
 }
+
+
+def grid_point(text):
+    """'16x256' -> (16, 256): a (batch, seq_len) grid point."""
+    try:
+        batch, seq_len = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a point is BATCHxSEQ, e.g. 16x256; got {text!r}") from None
+    if batch < 1 or seq_len < 1:
+        raise argparse.ArgumentTypeError(f"batch and seq must be positive; got {text!r}")
+    return batch, seq_len
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", choices=sorted(timing.MODEL_SHAPES))
-    parser.add_argument("--batch", nargs="+", type=int)
+    parser.add_argument("--points", nargs="+", type=grid_point, help="(batch, seq) points as BATCHxSEQ, e.g. 1x128")
+    parser.add_argument("--batch", nargs="+", type=int, help="with --seq-len: every batch at every seq (a product)")
     parser.add_argument("--seq-len", nargs="+", type=int)
     parser.add_argument("--dtype", nargs="+", choices=sorted(timing.DTYPES))
     parser.add_argument("--variants", nargs="+", choices=timing.VARIANTS, default=list(timing.VARIANTS))
@@ -55,10 +71,15 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "book" / "benchmarks")
     args = parser.parse_args(argv)
-    models, batches, seq_lens, dtypes = GRIDS["cuda" if torch.device(args.device).type == "cuda" else "cpu"]
+    models, points, dtypes = GRIDS["cuda" if torch.device(args.device).type == "cuda" else "cpu"]
+    if args.points and (args.batch or args.seq_len):
+        parser.error("give --points, or --batch with --seq-len, not both")
+    if bool(args.batch) != bool(args.seq_len):
+        parser.error("--batch and --seq-len go together (their product is the grid); or give --points")
+    if args.batch:
+        args.points = [(b, t) for b in args.batch for t in args.seq_len]
+    args.points = args.points or points
     args.models = args.models or models
-    args.batch = args.batch or batches
-    args.seq_len = args.seq_len or seq_lens
     args.dtype = args.dtype or dtypes
     if args.budget_s is None:
         args.budget_s = 10.0 if torch.device(args.device).type == "cuda" else 20.0
@@ -97,24 +118,23 @@ def run(args, dtype_name):
         reference = "minilora_unmerged" if "minilora_unmerged" in models else args.variants[0]
         checks[model_name] = {"reference": reference, "max_abs_diff": timing.max_differences(models, probe, reference)}
         print(f"  {model_name}: max |logits - {reference}| {checks[model_name]['max_abs_diff']}", flush=True)
-        for batch in args.batch:
-            for seq_len in args.seq_len:
-                input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
-                fns = {name: (lambda m=m: forward(m, input_ids)) for name, m in models.items()}
-                cpu_ms = {} if device.type == "cpu" else None  # CPU time means something only on the CPU
-                with torch.inference_mode():
-                    times = timing.time_interleaved(fns, device=device, warmup=args.warmup, budget_s=args.budget_s,
-                                                    min_rounds=args.min_rounds, max_rounds=args.max_rounds,
-                                                    cpu_ms=cpu_ms)
-                point = [{"model": model_name, "batch": batch, "seq_len": seq_len, "variant": name,
-                          **timing.summarize(times[name], cpu_ms and cpu_ms[name])} for name in models]
-                if "base" in times:  # a check on the overheads: the median of same-round overheads
-                    paired = timing.paired_overheads(times)
-                    for row in point:
-                        if row["variant"] in paired:
-                            row["paired_overhead"] = statistics.median(paired[row["variant"]])
-                rows += point
-                print(f"  {model_name} batch {batch} seq {seq_len} (n={point[0]['n']}): {describe(point)}", flush=True)
+        for batch, seq_len in args.points:
+            input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
+            fns = {name: (lambda m=m: forward(m, input_ids)) for name, m in models.items()}
+            cpu_ms = {} if device.type == "cpu" else None  # CPU time means something only on the CPU
+            with torch.inference_mode():
+                times = timing.time_interleaved(fns, device=device, warmup=args.warmup, budget_s=args.budget_s,
+                                                min_rounds=args.min_rounds, max_rounds=args.max_rounds,
+                                                cpu_ms=cpu_ms)
+            point = [{"model": model_name, "batch": batch, "seq_len": seq_len, "variant": name,
+                      **timing.summarize(times[name], cpu_ms and cpu_ms[name])} for name in models]
+            if "base" in times:  # a check on the overheads: the median of same-round overheads
+                paired = timing.paired_overheads(times)
+                for row in point:
+                    if row["variant"] in paired:
+                        row["paired_overhead"] = statistics.median(paired[row["variant"]])
+            rows += point
+            print(f"  {model_name} batch {batch} seq {seq_len} (n={point[0]['n']}): {describe(point)}", flush=True)
         del models
         gc.collect()
         if device.type == "cuda":
