@@ -16,6 +16,15 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def _label_loss_axes(ax, smoothing, logy, title):
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss" + (f" ({smoothing}-step average)" if smoothing > 1 else ""))
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+
+
 def plot_losses(histories: Mapping[str, Sequence[float]], ax=None, smoothing: int = 1, title: str | None = None,
                 logy: bool = False):
     """Plot one training-loss curve per entry of `histories` (label -> per-step losses) and return the axes.
@@ -28,12 +37,7 @@ def plot_losses(histories: Mapping[str, Sequence[float]], ax=None, smoothing: in
         _, ax = plt.subplots(figsize=(6, 3.5), dpi=90)
     for label, losses in histories.items():
         ax.plot(range(1, len(losses) + 1), smooth(list(losses), smoothing) if smoothing > 1 else losses, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss" + (f" ({smoothing}-step average)" if smoothing > 1 else ""))
-    if logy:
-        ax.set_yscale("log")
-    if title:
-        ax.set_title(title)
+    _label_loss_axes(ax, smoothing, logy, title)
     if len(histories) > 1:
         ax.legend()
     ax.grid(alpha=0.3)
@@ -122,12 +126,7 @@ def plot_loss_band(histories: Mapping[str, Sequence[Sequence[float]]], ax=None, 
         (line,) = ax.plot(steps, [statistics.median(col) for col in columns], label=f"{label} ({len(curves)} seeds)")
         ax.fill_between(steps, [min(col) for col in columns], [max(col) for col in columns], color=line.get_color(),
                         alpha=0.2, linewidth=0)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss" + (f" ({smoothing}-step average)" if smoothing > 1 else ""))
-    if logy:
-        ax.set_yscale("log")
-    if title:
-        ax.set_title(title)
+    _label_loss_axes(ax, smoothing, logy, title)
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return ax
