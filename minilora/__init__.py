@@ -4,6 +4,7 @@
     layer.py           LoRALinear: h = W0 x + (alpha / r) B A x around an nn.Linear or GPT-2 Conv1D
     injection.py       inject: wrap the target layers of a model and freeze the rest; count parameters
     merging.py         merge, unmerge, unload: fold B A into W0 and back
+    sliced.py          SlicedLoRALinear, inject_sliced: LoRA on slices of a fused layer's outputs (q and v of c_attn)
     adapter_io.py      save_adapter, load_adapter: PEFT's adapter_config.json and adapter_model.safetensors
 """
 
@@ -12,7 +13,9 @@ from .decomposition import decompose
 from .injection import count_parameters, inject, print_trainable_parameters
 from .layer import LoRALinear
 from .merging import merge, unload, unmerge
+from .sliced import SlicedLoRALinear, fused_slices, inject_sliced
 
 __version__ = "0.1.0"
 __all__ = ["LoRALinear", "count_parameters", "decompose", "inject", "load_adapter", "merge",
-           "print_trainable_parameters", "save_adapter", "unload", "unmerge"]
+           "print_trainable_parameters", "save_adapter", "unload", "unmerge",
+           "SlicedLoRALinear", "fused_slices", "inject_sliced"]

@@ -35,6 +35,10 @@ ALLOWED = {key: NEUTRAL for key in (
 def save_adapter(model, directory, base_model_name_or_path=None):
     """Write the LoRA layers of ``model`` to ``directory`` as PEFT would; PEFT's ``PeftModel.from_pretrained`` reads it."""
     layers = lora_layers(model)
+    sliced = [name for name, layer in layers if hasattr(layer, "slices")]  # minilora.SlicedLoRALinear
+    if sliced:
+        raise ValueError(f"{sliced[0]!r} has LoRA on slices of its outputs, which PEFT's adapter format cannot "
+                         f"express; save it with torch.save(model.state_dict()), or fold it in with minilora.unload")
     if not layers:
         raise ValueError(f"{type(model).__name__} has no LoRA layers to save; call minilora.inject first")
     settings = sorted({(layer.r, layer.alpha, layer.lora_dropout.p, layer.use_rslora) for _, layer in layers})
