@@ -132,6 +132,10 @@ def load_adapter(model, directory):
     config = _read_config(directory)
     names = find_targets(model, config["target_modules"])
     existing = dict(lora_layers(model))
+    sliced = [name for name, layer in existing.items() if hasattr(layer, "slices")]
+    if sliced:  # a PEFT file holds one B per layer, not one per slice: nothing to load into these layers
+        raise ValueError(f"{sliced[0]!r} carries LoRA on slices of its outputs, which a PEFT adapter file cannot "
+                         f"fill; call minilora.unload(model) first, then load the adapter into the plain model")
     if existing:
         _check_swap(existing, names, config)
     else:

@@ -182,9 +182,6 @@ def test_bad_hyperparameters_and_targets_change_nothing():
     assert_unchanged(model, before)
 
 
-@pytest.mark.xfail(strict=True, reason="load_adapter (adapter_io.py, not this module's) does not refuse a model "
-                   "with sliced LoRA yet: it copies lora_A of the first layer, then fails; it needs a refusal like "
-                   "save_adapter's")
 def test_load_adapter_into_a_sliced_model_is_refused_and_changes_nothing(tmp_path):
     base = tiny_gpt2()
     minilora.save_adapter(minilora.inject(copy.deepcopy(base), ["c_attn"], r=2, alpha=2), tmp_path)
