@@ -25,8 +25,12 @@ import json
 import re
 from pathlib import Path
 
+from docutils import nodes
+from sphinx import addnodes
 from sphinx.application import Sphinx
-from sphinx.util import logging
+from sphinx.transforms.post_transforms import SphinxPostTransform
+from sphinx.util import docname_join, logging
+from sphinx.util.nodes import clean_astext
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +303,28 @@ def rewrite_downloads(app: Sphinx, exception: Exception | None) -> None:
     logger.info(f"minilora_site: {rewritten} downloadable notebooks rewritten for plain Jupyter")
 
 
+class NumberedDocLinks(SphinxPostTransform):
+    """A ``{doc}`05_choosing_the_rank` `` link shows the chapter's number with its title ("5. Choosing the rank"),
+    as the sidebar does, so that "Exercise 5.2" and "chapter 5" can be found. Sphinx's own {doc} shows the title
+    alone. Runs before the references are resolved (priority 10); a link with its own text keeps that text."""
+
+    default_priority = 5
+
+    def run(self, **kwargs) -> None:
+        env = self.env
+        for node in self.document.findall(addnodes.pending_xref):
+            if node.get("reftype") != "doc" or node.get("refexplicit"):
+                continue
+            docname = docname_join(node.get("refdoc", env.docname), node["reftarget"])
+            number = env.toc_secnumbers.get(docname, {}).get("")
+            if not number or docname not in env.titles:
+                continue
+            text = f"{_number(number)}. {clean_astext(env.titles[docname])}"
+            classes = node[0].get("classes", []) if len(node) else []
+            node.children = [nodes.inline(text, text, classes=classes)]
+            node["refexplicit"] = True
+
+
 TIMES = Path(__file__).resolve().parent / "chapter_times.json"
 
 
@@ -325,5 +351,6 @@ def chapter_time_substitutions(app: Sphinx, config) -> None:
 
 def setup(app: Sphinx) -> dict:
     app.connect("config-inited", chapter_time_substitutions)
+    app.add_post_transform(NumberedDocLinks)
     app.connect("build-finished", rewrite_downloads)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -470,6 +470,9 @@ def test_downloaded_notebook_reads_in_plain_jupyter(notebook, site):
     path = site / notebook
     if not path.is_file():
         pytest.skip("the website is not built")
+    import nbformat
+
+    nbformat.validate(nbformat.reads(path.read_text(encoding="utf-8"), as_version=4))  # still a valid notebook
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     markdown = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
                 for c in cells if c["cell_type"] == "markdown"]
@@ -488,3 +491,25 @@ def test_downloaded_notebook_reads_in_plain_jupyter(notebook, site):
         assert len(re.findall(r"^\*\*Solution \(Exercise \d+(\.\d+)*\)\.\*\*", text, re.M)) == n_solutions, notebook
         if "{cite" in source:
             assert re.search(r"\w+ (et al\. )?\(\d{4}\)|\(\w+.*?, \d{4}\)", text), f"{notebook}: no citation as text"
+
+
+def test_dark_mode_logo_and_printing(site, server, driver):
+    """In dark mode the logo is the variant with light lettering; printed, long code lines wrap onto the paper."""
+    _open(driver, server + "book/intro.html")
+    logo = (
+        "Array.from(document.querySelectorAll('.navbar-brand img')).filter(i => i.getClientRects().length"
+        " && getComputedStyle(i).display !== 'none').map(i => i.getAttribute('src').split('/').pop())"
+    )
+    assert driver.execute_script(f"return {logo};") == ["logo.png"], "the light logo is not the one shown"
+    driver.execute_script("document.documentElement.dataset.theme = 'dark';")
+    assert driver.execute_script(f"return {logo};") == ["logo-dark.png"], "dark mode does not show logo-dark.png"
+    driver.execute_script("document.documentElement.dataset.theme = 'light';")
+
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        white_space = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.bd-article pre')).map(p => getComputedStyle(p).whiteSpace);"
+        )
+        assert white_space and set(white_space) == {"pre-wrap"}, f"printed code does not wrap: {white_space}"
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
