@@ -13,7 +13,7 @@ PORT ?= 8000
 .PHONY: book test serve notebooks check-robust clean
 
 # Reinstall whenever the pins or the package metadata change. pip shows its progress: the first install downloads
-# PyTorch and the rest (about a gigabyte), which takes minutes.
+# PyTorch and the rest, which takes minutes.
 $(STAMP): requirements.txt pyproject.toml
 	@echo "Setting up $(VENV) with the pinned packages of requirements.txt. The first time this takes a few minutes."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
