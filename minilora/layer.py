@@ -9,8 +9,9 @@ Hu et al. 2021, section 4.1, equation (3). For a frozen weight ``W0`` of shape `
 
 ``B`` starts at zero, so ``ΔW = B A`` is zero and the wrapped layer first computes exactly what the base layer did.
 The paper draws ``A`` from a Gaussian; like PEFT we use PyTorch's default ``nn.Linear`` init, Kaiming-uniform with
-``a = sqrt(5)``. ``scaling = alpha / r`` keeps the size of the update roughly independent of ``r``, so changing ``r`` needs
-no new learning rate (section 4.1); rank-stabilised LoRA (Kalajdzievski 2023) uses ``alpha / sqrt(r)`` instead.
+``a = sqrt(5)``. ``scaling = alpha / r`` is the paper's choice (section 4.1), meant to spare retuning when ``r`` changes;
+it does not remove that need (chapter 01 measures the first step's size changing with ``r``, so retune the learning
+rate per rank); rank-stabilised LoRA (Kalajdzievski 2023) uses ``alpha / sqrt(r)`` instead.
 
 GPT-2 uses transformers' ``Conv1D``: a linear layer whose weight is stored transposed, ``(in, out)``. We recognise it by
 its ``nf`` attribute (number of output features) rather than importing transformers. ``A`` and ``B`` keep ``nn.Linear``'s

@@ -212,3 +212,30 @@ def test_gradients_reach_only_a_and_b_when_the_base_is_frozen():
     layer(torch.randn(2, 5)).sum().backward()
     assert layer.lora_A.weight.grad is not None and layer.lora_B.weight.grad is not None
     assert layer.base_layer.weight.grad is None
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(10, 7), lambda: nn.Linear(10, 7, bias=False),
+                                  lambda: conv1d_like(nn.Linear(10, 7))])
+def test_fused_path_differentiates_like_the_equation(make):
+    """The fused path's in-place ops (``xa.mul_``, ``h.addmm_``) act on outputs autograd does not save, so called
+    under autograd it gives the equation's gradients. ``forward`` still never takes it while autograd records
+    (``can_fuse`` is False), so training runs the equation as written."""
+    fused = random_layer(make(), seed=5).eval()
+    plain = copy.deepcopy(fused)
+    for layer in (fused, plain):
+        layer.base_layer.requires_grad_(True)
+    x = torch.randn(2, 3, 10)
+    x_fused, x_plain = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    assert not fused.can_fuse(x_fused)  # gradients enabled: forward would take the plain path
+    out_fused = fused.fused_forward(x_fused)
+    out_plain = plain(x_plain)
+    weights = torch.randn(out_plain.shape, generator=torch.Generator().manual_seed(1))
+    (out_fused * weights).sum().backward()
+    (out_plain * weights).sum().backward()
+    assert torch.allclose(out_fused, out_plain, atol=1e-6)
+    assert torch.allclose(x_fused.grad, x_plain.grad, atol=1e-5)
+    pairs = list(zip(fused.named_parameters(), plain.named_parameters()))
+    assert {name for (name, _), _ in pairs} >= {"lora_A.weight", "lora_B.weight", "base_layer.weight"}
+    for (name, p_fused), (_, p_plain) in pairs:
+        assert p_fused.grad is not None, name
+        assert torch.allclose(p_fused.grad, p_plain.grad, atol=1e-5), name
