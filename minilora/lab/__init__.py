@@ -14,6 +14,7 @@ The core package (`minilora`) never imports this one; it needs transformers, tok
 needs matplotlib): `pip install minilora[lab]`.
 """
 
+from .corpus import corpus_loss, heldout_verses
 from .findings import Spread, bundled_base, claim_for_bundled_base, seeds
 from .models import BASE_MODEL_DIR, BaseModelUnavailable, load_base
 from .tasks import TASKS, Example, Task, get_task
@@ -27,11 +28,13 @@ __all__ = [
     "TASKS",
     "Task",
     "bundled_base",
+    "corpus_loss",
     "claim_for_bundled_base",
     "evaluate",
     "exact_match",
     "generate",
     "get_task",
+    "heldout_verses",
     "load_base",
     "predict",
     "seeds",
