@@ -13,6 +13,7 @@ load leaves the model as it was.
 """
 
 import json
+import os
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -57,20 +58,50 @@ def save_adapter(model, directory, base_model_name_or_path=None):
               "layers_to_transform": None, "layers_pattern": None, "init_lora_weights": True, "inference_mode": True}
     tensors = {f"{PREFIX}{name}.{part}.weight": getattr(layer, part).weight.detach().cpu().contiguous()
                for name, layer in layers for part in ("lora_A", "lora_B")}
-    directory = Path(directory)
+    _write_both(Path(directory), tensors, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _write_both(directory, tensors, config_text):
+    """Write both files under temporary names in ``directory``, then rename them into place.
+
+    A failure while writing leaves an existing adapter there as it was (never new weights beside an old config); the
+    renames themselves cannot fail halfway through a file, as ``os.replace`` is atomic within one folder.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, directory / WEIGHTS, metadata={"format": "pt"})
-    (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    temporary = {file: directory / f".{file}.{os.getpid()}.tmp" for file in (WEIGHTS, CONFIG)}
+    try:
+        save_file(tensors, temporary[WEIGHTS], metadata={"format": "pt"})
+        temporary[CONFIG].write_text(config_text)
+        for file, path in temporary.items():
+            os.replace(path, directory / file)
+    finally:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
 
 
 def _read_config(directory):
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{str(directory)!r} is a file; an adapter is a directory holding {CONFIG} and "
+                                 f"{WEIGHTS}")
     if not directory.is_dir():
         raise FileNotFoundError(f"adapter directory {str(directory)!r} does not exist")
     for file in (CONFIG, WEIGHTS):
         if not (directory / file).is_file():
             raise FileNotFoundError(f"{str(directory / file)!r} not found; an adapter directory holds {CONFIG} and "
                                     f"{WEIGHTS} (PEFT writes the latter unless safe_serialization=False)")
-    config = json.loads((directory / CONFIG).read_text())
+        try:  # safetensors reports an unreadable file as "No such file or directory"
+            (directory / file).open("rb").close()
+        except PermissionError:
+            raise PermissionError(f"{str(directory / file)!r} exists but cannot be read (permission denied); "
+                                  f"check its read permission") from None
+    path = directory / CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({error}); it must hold one JSON object") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path)!r} holds a JSON {type(config).__name__}, not an object of LoRA settings "
+                         f"({{\"peft_type\": \"LORA\", \"r\": ...}})")
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{CONFIG} has peft_type={config.get('peft_type')!r}; minilora reads only 'LORA' adapters")
     for key, allowed in ALLOWED.items():
@@ -99,6 +130,9 @@ def _check_swap(existing, names, config):
 def _read_tensors(directory, model, names, r):
     """The adapter's tensors, after checking that they are exactly the A and B the named layers need."""
     tensors = load_file(directory / WEIGHTS)
+    for key, tensor in sorted(tensors.items()):
+        if not tensor.is_floating_point():  # an int would be cast silently, a complex one would lose its imaginary part
+            raise ValueError(f"{WEIGHTS} tensor {key!r} has dtype {tensor.dtype}; LoRA factors must be floating point")
     expected = {}
     for name in names:
         module = model.get_submodule(name)
@@ -130,7 +164,7 @@ def load_adapter(model, directory):
     """
     directory = Path(directory)
     config = _read_config(directory)
-    names = find_targets(model, config["target_modules"])
+    names = find_targets(model, config["target_modules"], each_entry=False)  # PEFT's rule: some entry must match
     existing = dict(lora_layers(model))
     sliced = [name for name, layer in existing.items() if hasattr(layer, "slices")]
     if sliced:  # a PEFT file holds one B per layer, not one per slice: nothing to load into these layers
@@ -143,7 +177,7 @@ def load_adapter(model, directory):
     tensors = _read_tensors(directory, model, names, config["r"])
     # Everything is checked: from here on nothing can fail, so a failed load has changed nothing.
     if not existing:
-        inject(model, config["target_modules"], config["r"], config["lora_alpha"])
+        inject(model, names, config["r"], config["lora_alpha"])  # the full names: exactly the layers found
     for name in names:
         layer = model.get_submodule(name)
         layer.lora_A.weight.data.copy_(tensors[f"{PREFIX}{name}.lora_A.weight"])  # copy_ casts to the layer's dtype

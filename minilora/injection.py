@@ -7,6 +7,10 @@ projections) and freezes all other parameters. Targets are chosen by module name
   and ``"attn.c_attn"`` both match ``"transformer.h.0.attn.c_attn"``;
 - a single string: a regular expression that must match the whole name (``re.fullmatch``).
 
+One difference: ``inject`` refuses a list entry that matches no module (most often a typo), where PEFT accepts it as
+long as some entry matches. ``load_adapter`` follows PEFT's rule, so it loads configs written for several
+architectures.
+
 GPT-2 small has 12 blocks whose ``c_attn`` maps 768 features to 2304. With r = 8 on ``c_attn``, LoRA trains
 12 × 8 × (768 + 2304) = 294,912 parameters, 0.24% of the model.
 """
@@ -14,20 +18,37 @@ GPT-2 small has 12 blocks whose ``c_attn`` maps 768 features to 2304. With r = 8
 import difflib
 import re
 
+import torch
+
 from .layer import LoRALinear, check_hyperparameters, linear_shape, lora_layers
+
+# The dtypes in which A and B can be created and trained; float8 is "floating point" to torch but has no kernels.
+TRAINABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _no_match_error(model, entry, modules):
-    leaves = sorted({name.rpartition(".")[2] for name, module in modules.items()
-                     if isinstance(module, LoRALinear) or linear_shape(module)})
+    if not isinstance(entry, str):  # a whole list, none of whose entries matches
+        return ValueError(f"no entry of target_modules={sorted(entry)!r} matches a module of {type(model).__name__}; "
+                          f"its Linear/Conv1D layers are named {', '.join(_leaves(modules)[:12]) or '(none)'}")
+    leaves = _leaves(modules)
     close = difflib.get_close_matches(entry, leaves, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
     return ValueError(f"target_modules entry {entry!r} matches no module of {type(model).__name__}; {hint}"
                       f"its Linear/Conv1D layers are named {', '.join(leaves[:12]) or '(none)'}")
 
 
-def find_targets(model, target_modules):
-    """Return, in module order, the names of the modules ``target_modules`` selects; raise if an entry selects none."""
+def _leaves(modules):
+    return sorted({name.rpartition(".")[2] for name, module in modules.items()
+                   if isinstance(module, LoRALinear) or linear_shape(module)})
+
+
+def find_targets(model, target_modules, each_entry=True):
+    """Return, in module order, the names of the modules ``target_modules`` selects.
+
+    ``each_entry=True`` (``inject``) raises if any entry selects nothing: a typo guard that PEFT lacks. PEFT itself
+    only requires that the entries together select something, since published adapter configs often list names for
+    several architectures (``["q_proj", "v_proj", "c_attn"]``); ``each_entry=False`` (``load_adapter``) follows PEFT.
+    """
     if isinstance(target_modules, str):
         entries, matches = [target_modules], lambda name, entry: re.fullmatch(entry, name) is not None
     elif isinstance(target_modules, (list, tuple, set)) and target_modules and all(
@@ -39,20 +60,24 @@ def find_targets(model, target_modules):
     # The parts of an existing LoRALinear (base_layer, lora_A, lora_B) are never targets themselves.
     inside_lora = tuple(name + "." for name, _ in lora_layers(model))
     modules = {name: module for name, module in model.named_modules() if name and not name.startswith(inside_lora)}
-    for entry in entries:
+    selected = [name for name in modules if any(matches(name, entry) for entry in entries)]
+    for entry in entries if each_entry or not selected else ():
         if not any(matches(name, entry) for name in modules):
-            raise _no_match_error(model, entry, modules)
-    return [name for name in modules if any(matches(name, entry) for entry in entries)]
+            raise _no_match_error(model, entry if each_entry or len(entries) == 1 else entries, modules)
+    return selected
 
 
 def check_wrappable(model, names):
-    """Raise unless every named module is an nn.Linear or Conv1D that does not carry LoRA yet."""
+    """Raise unless every named module is an nn.Linear or Conv1D with a float weight that does not carry LoRA yet."""
     for name in names:
         module = model.get_submodule(name)
         if isinstance(module, LoRALinear):
             raise ValueError(f"module {name!r} already has LoRA; call minilora.unload(model) first to start over")
         if linear_shape(module) is None:
             raise TypeError(f"target module {name!r} is a {type(module).__name__}; LoRA wraps nn.Linear or Conv1D")
+        if module.weight.dtype not in TRAINABLE_DTYPES:  # int8 or float8 (quantised) weights
+            raise TypeError(f"target module {name!r} has a {module.weight.dtype} weight; LoRA needs one of "
+                            f"{', '.join(map(str, TRAINABLE_DTYPES))} (dequantise the model or leave it out)")
 
 
 def replace_module(model, name, module):

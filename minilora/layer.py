@@ -75,8 +75,13 @@ class LoRALinear(nn.Module):
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
     def delta_weight(self):
-        """``ΔW = scaling · B A`` in fp32, laid out like ``base_layer.weight``: ``(out, in)``, or ``(in, out)`` for Conv1D."""
-        delta = self.scaling * (self.lora_B.weight.float() @ self.lora_A.weight.float())  # (out, r) @ (r, in) -> (out, in)
+        """``ΔW = scaling · B A`` laid out like ``base_layer.weight``: ``(out, in)``, or ``(in, out)`` for Conv1D.
+
+        Computed in ``promote_types(dtype, float32)``: float32 for half precision, float64 for a float64 model (where
+        ``.float()`` would be a downcast).
+        """
+        work = torch.promote_types(self.lora_B.weight.dtype, torch.float32)
+        delta = self.scaling * (self.lora_B.weight.to(work) @ self.lora_A.weight.to(work))  # (out, r) @ (r, in)
         return delta.t() if self.fan_in_fan_out else delta
 
     def forward(self, x):
