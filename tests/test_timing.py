@@ -163,11 +163,22 @@ def test_environment_names_device_and_versions():
 def test_committed_results_are_valid():
     paths = sorted((ROOT / "book" / "benchmarks").glob("*.json"))
     layer_files = [path for path in paths if path.name.startswith("lora_layer_")]
+    memory_files = [path for path in paths if path.name.startswith("memory_")]
     for path in paths:
-        if path not in layer_files:  # whole models: the agreed schema
+        if path not in layer_files + memory_files:  # whole models: the agreed schema
             timing.validate_results(json.loads(path.read_text()))
     for path in layer_files:  # one matrix at a time: scripts/benchmark_lora_layer.py's own rows
         check_layer_results(json.loads(path.read_text()))
+    for path in memory_files:  # peak memory of a training step: scripts/memory_benchmark.py's rows
+        check_memory_results(json.loads(path.read_text()))
+
+
+def check_memory_results(results):
+    assert {"device", "torch", "transformers", "command", "date", "model", "rows"} <= results.keys()
+    for row in results["rows"]:
+        assert row["method"] in {"full", "lora", "lora_checkpointing"}, row["method"]
+        assert row["peak_bytes"] > 0 and row["accounted"]["peak"] > 0
+        assert 0 < row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
 
 
 def check_layer_results(results):
