@@ -57,8 +57,8 @@ def find_targets(model, target_modules, each_entry=True):
     else:
         raise ValueError(f"target_modules must be a non-empty list of module names or a regex string, "
                          f"got {target_modules!r}")
-    # The parts of an existing LoRALinear (base_layer, lora_A, lora_B) are never targets themselves.
-    inside_lora = tuple(name + "." for name, _ in lora_layers(model))
+    # The parts of an existing LoRA layer (base_layer, lora_A, lora_B) are never targets themselves.
+    inside_lora = tuple(name + "." for name, module in model.named_modules() if _carries_lora(module))
     modules = {name: module for name, module in model.named_modules() if name and not name.startswith(inside_lora)}
     selected = [name for name in modules if any(matches(name, entry) for entry in entries)]
     for entry in entries if each_entry or not selected else ():
@@ -71,13 +71,18 @@ def check_wrappable(model, names):
     """Raise unless every named module is an nn.Linear or Conv1D with a float weight that does not carry LoRA yet."""
     for name in names:
         module = model.get_submodule(name)
-        if isinstance(module, LoRALinear):
+        if _carries_lora(module):
             raise ValueError(f"module {name!r} already has LoRA; call minilora.unload(model) first to start over")
         if linear_shape(module) is None:
             raise TypeError(f"target module {name!r} is a {type(module).__name__}; LoRA wraps nn.Linear or Conv1D")
         if module.weight.dtype not in TRAINABLE_DTYPES:  # int8 or float8 (quantised) weights
             raise TypeError(f"target module {name!r} has a {module.weight.dtype} weight; LoRA needs one of "
                             f"{', '.join(map(str, TRAINABLE_DTYPES))} (dequantise the model or leave it out)")
+
+
+def _carries_lora(module):
+    """A LoRALinear, or any wrapper of a base layer (minilora's SlicedLoRALinear, MultiLoRALinear)."""
+    return isinstance(module, LoRALinear) or isinstance(getattr(module, "base_layer", None), torch.nn.Module)
 
 
 def replace_module(model, name, module):

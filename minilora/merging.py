@@ -17,6 +17,7 @@ import torch
 
 from .injection import replace_module
 from .layer import lora_layers
+from .multi import multi_layers
 
 
 def _layers(model, merged):
@@ -77,8 +78,13 @@ def unload(model, merge=True):
 
     With ``merge=True`` the base layers keep ``W0 + ΔW`` (the fine-tuned model at the base model's cost); with
     ``merge=False`` they get ``W0`` back, unmerging first where needed. Base parameters stay frozen.
+
+    A model from ``load_adapters`` has no single ΔW to keep: its MultiLoRALinear layers are replaced by their base
+    layers, W0 unchanged, whatever ``merge`` says.
     """
-    (_merge if merge else unmerge)(model)
-    for name, layer in lora_layers(model):
+    multi = multi_layers(model)
+    if lora_layers(model) or not multi:  # a model with neither gets _layers' error
+        (_merge if merge else unmerge)(model)
+    for name, layer in lora_layers(model) + multi:
         replace_module(model, name, layer.base_layer)
     return model
