@@ -51,14 +51,20 @@ def save_adapter(model, directory, base_model_name_or_path=None):
     # Short names ("c_attn") when they select exactly the adapted layers, else the full names.
     leaves = sorted({name.rpartition(".")[2] for name in names})
     targets = leaves if find_targets(model, leaves) == names else names
-    config = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model_name_or_path,
-              "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": use_rslora,
-              "target_modules": targets, "fan_in_fan_out": any(layer.fan_in_fan_out for _, layer in layers),
-              "bias": "none", "use_dora": False, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
-              "layers_to_transform": None, "layers_pattern": None, "init_lora_weights": True, "inference_mode": True}
+    config = adapter_config(r, alpha, dropout, use_rslora, targets, any(layer.fan_in_fan_out for _, layer in layers),
+                            base_model_name_or_path)
     tensors = {f"{PREFIX}{name}.{part}.weight": getattr(layer, part).weight.detach().cpu().contiguous()
                for name, layer in layers for part in ("lora_A", "lora_B")}
     _write_both(Path(directory), tensors, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def adapter_config(r, alpha, dropout, use_rslora, target_modules, fan_in_fan_out, base_model_name_or_path=None):
+    """The ``adapter_config.json`` of a plain LoRA adapter, every option PEFT reads at its neutral value."""
+    return {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model_name_or_path,
+            "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": use_rslora,
+            "target_modules": target_modules, "fan_in_fan_out": fan_in_fan_out,
+            "bias": "none", "use_dora": False, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
+            "layers_to_transform": None, "layers_pattern": None, "init_lora_weights": True, "inference_mode": True}
 
 
 def _write_both(directory, tensors, config_text):
