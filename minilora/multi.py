@@ -1,8 +1,9 @@
 """Many adapters in one model: each row of a batch uses its own adapter, or none, in one batched product per layer.
 
-A server holds one base model and many LoRA adapters; a batch mixes requests for different ones (Hu et al. 2021,
-section 4.2, imagined swapping them; S-LoRA, Sheng et al. 2023, and Punica, Chen et al. 2023, batch them). Row ``b``
-of a batch uses adapter ``a(b)``, and a layer adds that adapter's update to the frozen product:
+A server holds one base model and many LoRA adapters; a batch mixes requests for different ones. Merged adapters
+cannot batch inputs of different tasks (Hu et al. 2021, section 4.2, names this limitation); unmerged ones can
+(S-LoRA, Sheng et al. 2023; Punica, Chen et al. 2023). Row ``b`` of a batch uses adapter ``a(b)``, and a layer adds
+that adapter's update to the frozen product:
 
     h_b = W0 x_b + bias + s_a(b) · B_a(b) A_a(b) x_b          x_b: (T, in), h_b: (T, out), s_a = alpha / r (or / √r)
 
@@ -21,11 +22,14 @@ Zero padding is exact, not approximate: an adapter of rank r < R has zero rows r
 the padded parts of XA are exactly 0 and contribute exactly 0; the zero slot gives a row exactly the base layer's
 output (for finite inputs). The scaling is applied per row, so adapters may differ in r, alpha and rsLoRA.
 
-Why gathering and not grouping (one sub-batch per adapter, as PEFT's ``adapter_names`` does): measured on GPT-2
-small's layers on the CPU (8 rows of 64 tokens, r = 8), both cost a few percent over the base layer, but grouping
-runs a Python loop of small products per adapter present, which grew with K, while the gather's cost did not
-(``scripts/benchmark_multi_adapter.py`` measures the whole model). As in ``LoRALinear.fused_forward``, the thin
-branch is written into ``H`` with the bias first and the large product added in place after it.
+Why gathering and not grouping (one sub-batch per adapter, as PEFT's ``adapter_names`` does): measured layer by layer
+on the CPU (GPT-2 small's c_attn, 8 rows of 64 tokens, r = 8, K = 1, 4, 8, interleaved), both cost a few percent over
+the base layer and were within the shared machine's noise of each other. The gather wins on what does not depend on
+the machine: its number of operations is the same for any mix, where grouping runs a Python loop of small products
+over the adapters present, a cost that grows with K and weighs most where products are small (one token per row
+while generating; kernel launches on a GPU). ``scripts/benchmark_multi_adapter.py`` measures the whole model against
+PEFT. As in ``LoRALinear.fused_forward``, the thin branch is written into ``H`` with the bias first and the large
+product added in place after it.
 """
 
 import contextlib
@@ -159,11 +163,15 @@ def per_row(model, names):
             raise ValueError(f"row {row} asks for adapter {name!r}, which is not loaded; loaded: {loaded} "
                              f"(None means the base model)")
     before = [(layer.rows, layer.row_scaling) for layer in layers]
-    for layer in layers:
-        slots = [layer.names.index(name) if name in layer.names else len(layer.names) for name in names]
-        device, dtype = layer.lora_A.device, layer.lora_A.dtype
-        layer.rows = torch.tensor(slots, device=device)
-        layer.row_scaling = torch.tensor([layer.scalings[s] for s in slots], device=device, dtype=dtype).view(-1, 1, 1)
+    slots = [[layer.names.index(name) if name in layer.names else len(layer.names) for name in names]
+             for layer in layers]  # (layers, batch), built on the CPU and copied to each device once
+    scalings = [[layer.scalings[slot] for slot in row] for layer, row in zip(layers, slots)]
+    on = {}
+    for i, layer in enumerate(layers):
+        key = (layer.lora_A.device, layer.lora_A.dtype)
+        if key not in on:
+            on[key] = (torch.tensor(slots, device=key[0]), torch.tensor(scalings, device=key[0], dtype=key[1]))
+        layer.rows, layer.row_scaling = on[key][0][i], on[key][1][i].view(-1, 1, 1)
     try:
         yield model
     finally:
