@@ -181,14 +181,32 @@ def summarize(times, cpu_ms, ks):
             row["paired_overhead"] = statistics.median(paired[name])
             row["paired_overhead_q1"], row["paired_overhead_q3"] = quartiles(paired[name])
         rows.append(row)
+    return rows, judge(rows, ks)
+
+
+def judge(rows, ks):
+    """The goal per k, judged on the paired wall-time overheads and, on the CPU, on the overheads of CPU time.
+
+    On a shared CPU the wall clock also counts the time other programs held the core (a process given a third of a
+    core takes three times as long); ``time.process_time`` counts only this process's own work. Each row gets
+    ``cpu_overhead``, from the medians of CPU time.
+    """
     by = {(row["variant"], row["k"]): row for row in rows}
+    base = by[("base", None)]
+    for row in rows:
+        if row is not base and "cpu_median_ms" in row:
+            row["cpu_overhead"] = timing.overhead(row["cpu_median_ms"], base["cpu_median_ms"])
     goal = {}
     for k in ks:
-        ours, theirs = by[("minilora", k)]["paired_overhead"], by[("peft", k)]["paired_overhead"]
-        goal[str(k)] = {"minilora_overhead": ours, "peft_overhead": theirs,
-                        "ratio": ours / theirs if theirs > 0 else None,
-                        "met": theirs > 0 and ours <= theirs / 2}
-    return rows, goal
+        goal[str(k)] = {}
+        for basis, key in (("wall_paired", "paired_overhead"), ("cpu_time", "cpu_overhead")):
+            if key not in by[("minilora", k)]:
+                continue
+            ours, theirs = by[("minilora", k)][key], by[("peft", k)][key]
+            goal[str(k)][basis] = {"minilora_overhead": ours, "peft_overhead": theirs,
+                                   "ratio": ours / theirs if theirs > 0 else None,
+                                   "met": theirs > 0 and ours <= theirs / 2}
+    return goal
 
 
 def validate(results):
@@ -237,9 +255,11 @@ def main(argv=None):
         extra = f" overhead {100 * row['paired_overhead']:+.1f}% (paired)" if "paired_overhead" in row else ""
         print(f"  {row['variant']:>8} k={row['k']}: {row['median_ms']:.1f} ms "
               f"[{row['q1_ms']:.1f}, {row['q3_ms']:.1f}] n={row['n']}{extra}", flush=True)
-    for k, g in goal.items():
-        print(f"  k={k}: minilora {100 * g['minilora_overhead']:+.1f}%, PEFT {100 * g['peft_overhead']:+.1f}%"
-              + (f", goal met: {g['met']}" if k in ("4", "8") else ""), flush=True)
+    for k, bases in goal.items():
+        for basis, g in bases.items():
+            print(f"  k={k} ({basis}): minilora {100 * g['minilora_overhead']:+.1f}%, PEFT "
+                  f"{100 * g['peft_overhead']:+.1f}%" + (f", goal met: {g['met']}" if k in ("4", "8") else ""),
+                  flush=True)
     results = {
         **env,
         "dtype": args.dtype,
@@ -260,7 +280,8 @@ def main(argv=None):
                      "(call - base call of the same round) / base call, with its quartiles",
         },
         "check": {"max_abs_diff_vs_peft": check},
-        "goal": {"statement": GOAL, "by_k": goal, "based_on": "paired_overhead"},
+        "goal": {"statement": GOAL, "by_k": goal,
+                 "bases": "wall_paired: median paired wall-time overheads; cpu_time: from the medians of CPU time"},
         "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "wall_s": round(time.perf_counter() - started, 1),
         "rows": rows,
