@@ -94,7 +94,8 @@ def inject(model, target_modules, r=8, alpha=8, dropout=0.0, use_rslora=False):
     """Wrap every target layer of ``model`` in a LoRALinear, in place, and freeze all non-LoRA parameters.
 
     Everything is checked before the first module is replaced, so a failed call leaves ``model`` as it was.
-    Returns ``model``.
+    Unlike PEFT, each entry of a ``target_modules`` list must match some module (a typo guard; PEFT only needs one
+    entry to match, and ``load_adapter`` follows PEFT). Returns ``model``.
     """
     check_hyperparameters(r, alpha, dropout, use_rslora)
     names = find_targets(model, target_modules)

@@ -37,6 +37,7 @@ def test_dry_run(tmp_path):
     assert diffs["base"] > 1e-3  # the adapters change the output
     assert all(diff < 1e-4 for name, diff in diffs.items() if name != "base"), diffs  # every variant computes PEFT's
     assert set(results["goal"]["by_k"]) == {str(k) for k in ks}
+    assert all(set(by) == {"wall_paired", "cpu_time"} for by in results["goal"]["by_k"].values())
 
 
 def test_committed_results_have_the_issues_settings():
