@@ -21,8 +21,13 @@ The committed results of chapter 09 came from these commands (two processes at a
 
     python scripts/forgetting_sweep.py --part forgetting --configs 3 --steps 60 --tag live   # the page's live slice
     python scripts/forgetting_sweep.py --part forgetting --configs 1,3,5,2 --tag core
-    python scripts/forgetting_sweep.py --part forgetting --configs 0,4,6 --tag extra
     python scripts/forgetting_sweep.py --part loraplus
+    python scripts/forgetting_sweep.py --part forgetting --configs 6 --tag all_high
+    python scripts/forgetting_sweep.py --part forgetting --configs 0 --tag full_low   # stopped after seeds 0 and 1
+    python scripts/forgetting_sweep.py --part forgetting --configs 0 --seeds 2 --tag full_low_seed2   # in parallel
+
+(config 4, LoRA r = 32 on c_attn, was not run: the shared machine's time ran out). The chapter reads every
+book/results/forgetting_*.json but the live one as one grid, and loraplus.json.
 """
 
 from __future__ import annotations
