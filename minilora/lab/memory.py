@@ -49,8 +49,11 @@ heap and the libraries, not tensors.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -213,14 +216,35 @@ def step_function(model, batch: int, seq_len: int, device="cpu", seed: int = 0):
     return (lambda: training_step(model, optimizer, ids)), optimizer
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send what C++ code writes to file descriptor 2 to /dev/null while the block runs (Python's sys.stderr is
+    flushed first and left alone when it is not fd 2, as in a Jupyter kernel)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def profile_peak_cpu(fn) -> dict:
     """Run `fn()` under torch.profiler with profile_memory=True; the peak of all tensor memory on the CPU, in bytes,
     and each category's bytes at that moment (`CATEGORIES`)."""
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import MemoryProfileTimeline
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True)
+    with _native_stderr_silenced():  # libkineto writes "USDT: ... profiler_start/stop" lines to fd 2
+        prof.start()
+    try:
         fn()
+    finally:
+        with _native_stderr_silenced():
+            prof.stop()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
