@@ -16,11 +16,12 @@ nearest the budget. For each row and task the learning rate is tuned on the firs
 validation loss wins), and every seed then trains at that rate. Each run reports exact-match accuracy and
 validation loss on the task's validation split.
 
-    python scripts/target_sweep.py --tasks largest --rows q k v o --out book/results/target_sweep_largest_1.json
+    python scripts/target_sweep.py --tasks largest --out book/results/target_sweep_largest.json
     python scripts/target_sweep.py --dry-run --out /tmp/x.json               # a tiny grid, seconds
 
-The committed results are four such processes run side by side (two tasks, each with the rows split in two halves),
-one JSON file each, with the command that wrote it and its wall time.
+The committed results are two such processes run side by side (one per task; ``--rows`` splits a task further),
+one JSON file each, with the command that wrote it and its wall time. The file is rewritten after every row, with
+``"complete": false`` until the last row has run.
 It runs on one thread (torch.set_num_threads(1)), so its runs are comparable on a shared machine.
 """
 
@@ -125,7 +126,6 @@ def main(argv=None):
 
     config = lab.load_base()[0].config
     budget, rows = plan(config, args.single_rank)
-    alpha = "r"  # alpha = r for every row: scaling 1, so the learning rate alone sets the step size
     for row in args.rows:
         print(f"{row:>10}: r = {rows[row]['r']:2d}, {rows[row]['trainable']:,d} parameters "
               f"({rows[row]['of_budget']:.1%} of {budget:,d})")
@@ -151,8 +151,24 @@ def main(argv=None):
                 "tuning": [{"lr": lr, "seed": args.seeds[0], **tuning[lr]} for lr in args.lrs],
                 "runs": [{"seed": seed, **run} for seed, run in runs.items()],
             })
+            # after every row, so that an interrupted grid keeps what it has run
+            record = _record(args, argv, config, budget, rows, results, started, transformers_version, complete=False)
+            _write(args.out, record)
     bar.close()
-    record = {
+    _write(args.out, _record(args, argv, config, budget, rows, results, started, transformers_version, complete=True))
+    print(f"wrote {args.out} ({time.time() - started:.0f} s)")
+
+
+def _write(path, record):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _record(args, argv, config, budget, rows, results, started, transformers_version, complete):
+    """The JSON record: provenance, settings, the plan of every row, and the results so far."""
+    return {
         "provenance": {
             "command": "python " + shlex.join(["scripts/target_sweep.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -165,17 +181,17 @@ def main(argv=None):
         "settings": {
             "tasks": args.tasks, "rows": {row: {"c_attn_parts": list(ROWS[row][0]), "modules": list(ROWS[row][1])}
                                           for row in args.rows},
-            "single_rank": args.single_rank, "budget": budget, "alpha": alpha, "lrs": args.lrs,
+            "single_rank": args.single_rank, "budget": budget,
+            "alpha": "r",  # scaling 1 in every row, so the learning rate alone sets the step size
+            "lrs": args.lrs,
             "seeds": args.seeds, "lr_tuned_on_seed": args.seeds[0], "lr_chosen_by": "lowest validation loss",
             "steps": args.steps, "batch_size": 16, "optimizer": "AdamW, weight decay 0",
             "n_embd": config.n_embd, "n_layer": config.n_layer, "dry_run": args.dry_run,
         },
+        "complete": complete,
         "plan": {row: rows[row] for row in args.rows},
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out} ({record['provenance']['wall_seconds']:.0f} s)")
 
 
 def _cpu_model():

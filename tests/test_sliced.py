@@ -190,3 +190,15 @@ def test_load_adapter_into_a_sliced_model_is_refused_and_changes_nothing(tmp_pat
     with pytest.raises(ValueError, match="slices"):
         minilora.load_adapter(model, tmp_path)
     assert_unchanged(model, before)
+
+
+def test_merge_is_one_rounding_and_leaves_the_other_outputs_bit_for_bit():
+    base, model = sliced_gpt2(parts=(0, 2))  # q and v; k stays
+    expected = {name: layer.base_layer.weight.detach() + layer.delta_weight() for name, layer in lora_layers(model)}
+    minilora.merge(model)
+    d = base.config.n_embd
+    for name, layer in lora_layers(model):
+        merged, w0 = layer.base_layer.weight, base.get_submodule(name).weight  # Conv1D: (in, out)
+        assert torch.equal(merged, expected[name])  # W0 + ΔW in fp32, rounded once
+        assert torch.equal(merged[:, d:2 * d], w0[:, d:2 * d])  # k's columns: ΔW is zero there
+        assert not torch.equal(merged[:, :d], w0[:, :d])

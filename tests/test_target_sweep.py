@@ -41,6 +41,7 @@ def test_dry_run_writes_results_with_provenance(tmp_path):
     for key in ("command", "date", "processor", "cpu_model", "torch", "transformers", "wall_seconds"):
         assert key in record["provenance"]
     assert record["settings"]["dry_run"] is True
+    assert record["complete"] is True  # written after every row, complete after the last
     assert record["settings"]["seeds"] == [0, 1]
     assert [(r["task"], r["row"]) for r in record["results"]] == [("largest", "q"), ("largest", "q+v")]
     for result in record["results"]:
