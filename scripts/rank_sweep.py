@@ -161,7 +161,7 @@ def relative_output_change(model, tokenizer, prompts):
     return statistics.median(ratios)
 
 
-def one_run(task, r, lr, convention, seed, steps, batch_size, probe, validation, conventions):
+def one_run(task, r, lr, convention, seed, steps, batch_size, probe, validation):
     cpu_start = time.process_time()
     alpha, rslora = scaling_of(r, convention)
     # the first step alone: the same seed gives the same initial A and the same first batch as the full run
@@ -180,8 +180,8 @@ def one_run(task, r, lr, convention, seed, steps, batch_size, probe, validation,
     return {
         "r": r, "lr": lr, "convention": convention, "seed": seed, "alpha": alpha, "use_rslora": rslora,
         "scaling": alpha / (math.sqrt(r) if rslora else r),
-        "conventions": same_model(r, [convention] + [c for c in conventions if c != convention])
-        if len(same_model(r, conventions)) == len(conventions) else [convention],
+        # every convention (swept or not) that trains this same model: all three at r = 8
+        "conventions": [c for c in CONVENTIONS if math.isclose(scaling(r, c), scaling(r, convention), rel_tol=1e-12)],
         "trainable": minilora.count_parameters(model)[0],
         "first_step_change": first_step,
         "final_change": relative_output_change(model, tokenizer, probe),
@@ -233,8 +233,7 @@ def main(argv=None):
     start = time.perf_counter() - previous_wall
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for r, lr, convention, seed in tqdm([g for g in grid if g not in done], desc="rank sweep"):
-        runs.append(one_run(task, r, lr, convention, seed, args.steps, args.batch_size, probe, args.validation,
-                            args.conventions))
+        runs.append(one_run(task, r, lr, convention, seed, args.steps, args.batch_size, probe, args.validation))
         write(args, argv, task, grid, runs, start)  # after every run, so an interrupted sweep keeps what it did
     print(f"{len(runs)} runs in {time.perf_counter() - start:.0f} s -> {args.out}")
 
@@ -264,8 +263,9 @@ def merge(parts, names):
         if f != fixed[0]:
             raise ValueError(f"{name} was run with other settings than {names[0]}: {f} != {fixed[0]}")
     settings = dict(parts[0]["settings"])
-    for k in PARTITIONED:  # the union, in the order the parts give
-        settings[k] = list(dict.fromkeys(v for p in parts for v in p["settings"][k]))
+    for k in PARTITIONED:  # the union: numbers sorted, conventions in the order the parts give
+        union = list(dict.fromkeys(v for p in parts for v in p["settings"][k]))
+        settings[k] = union if k == "conventions" else sorted(union)
     runs, seen = [], set()
     for name, p in zip(names, parts):
         for run in p["runs"]:

@@ -52,7 +52,7 @@ def test_dry_run_writes_one_record_per_grid_point_with_provenance_and_resumes(tm
         assert len(run["train_loss_blocks"]) == -(-settings["steps"] // 10)
         expected = run["alpha"] / (run["r"] ** 0.5 if run["use_rslora"] else run["r"])
         assert abs(run["scaling"] - expected) < 1e-12
-        assert run["conventions"] == (settings["conventions"] if run["r"] == 8 else [run["convention"]])
+        assert run["conventions"] == (list(module.CONVENTIONS) if run["r"] == 8 else [run["convention"]])
         assert run["cpu_seconds"] > 0
 
     # drop the last run: --resume runs it again and keeps the others as they were
