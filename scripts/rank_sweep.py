@@ -22,8 +22,11 @@ The three alpha conventions, with ``scaling`` the factor in ``h = W0 x + scaling
 At the rank where all three give the same scaling (r = 8) they train the same model, so the grid runs it once and
 the record lists every convention it stands for (``conventions``).
 
-    python scripts/rank_sweep.py                      # the committed grid -> book/results/rank_sweep.json
+    python scripts/rank_sweep.py                      # the full grid (three conventions, five ranks)
     python scripts/rank_sweep.py --dry-run --out /tmp/x.json   # a tiny grid in seconds
+
+The committed book/results/rank_sweep.json is the alpha = r slice (``--conventions alpha=r --ranks 1 8 64``, 27
+runs, about 11 single-core minutes), run in four parts and merged; its provenance gives the commands.
 
 Two processes at once, one seed each, then one file (``--resume`` continues an interrupted part):
 
