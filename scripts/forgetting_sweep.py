@@ -25,8 +25,9 @@ The committed results of chapter 09 came from these commands (two processes at a
     python scripts/forgetting_sweep.py --part forgetting --configs 6 --tag all_high
     python scripts/forgetting_sweep.py --part forgetting --configs 0 --tag full_low   # stopped after seeds 0 and 1
     python scripts/forgetting_sweep.py --part forgetting --configs 0 --seeds 2 --tag full_low_seed2   # in parallel
+    python scripts/forgetting_sweep.py --part forgetting --configs 4 --tag r32   # later, alone
 
-(config 4, LoRA r = 32 on c_attn, was not run: the shared machine's time ran out). The chapter reads every
+The chapter reads every
 book/results/forgetting_*.json but the live one as one grid, and loraplus.json.
 """
 
