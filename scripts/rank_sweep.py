@@ -25,8 +25,10 @@ the record lists every convention it stands for (``conventions``).
     python scripts/rank_sweep.py                      # the full grid (three conventions, five ranks)
     python scripts/rank_sweep.py --dry-run --out /tmp/x.json   # a tiny grid in seconds
 
-The committed book/results/rank_sweep.json is the alpha = r slice (``--conventions alpha=r --ranks 1 8 64``, 27
-runs, about 11 single-core minutes), run in four parts and merged; its provenance gives the commands.
+The committed book/results/rank_sweep.json is the grid at ranks 1, 8 and 64 (``--ranks 1 8 64``, 63 runs, about
+25 single-core minutes): the alpha = r part first (27 runs, itself merged from four parts), then the fixed and
+rsLoRA parts at ranks 1 and 64 (``--conventions fixed --ranks 1 64`` and ``--conventions rslora --ranks 1 64``),
+merged; its provenance gives the commands.
 
 Two processes at once, one seed each, then one file (``--resume`` continues an interrupted part):
 
