@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))  # `import minilora` finds this checkout's package
 
 import minilora  # noqa: E402
 from minilora import lab  # noqa: E402
+from minilora.lab.timing import cpu_model  # noqa: E402
 
 TARGETS = ["c_attn", "c_proj", "c_fc"]
 ALPHA = 16
@@ -183,24 +183,13 @@ def one_seed(seed, steps, base, tokenizer, task):
     })
 
 
-def processor():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
 def write(args, argv, runs, base_score, always_twelve, start):
     import transformers
 
     result = {
         "what": "chapter 06: full-rank fine-tune, spectra of ΔW, extracted and trained LoRA, per seed",
         "provenance": {
-            "processor": processor(), "platform": platform.platform(), "python": platform.python_version(),
+            "processor": cpu_model(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": "python " + shlex.join([os.path.relpath(__file__, ROOT),

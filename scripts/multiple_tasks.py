@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))  # `import minilora` finds this checkout's package
 
 import minilora  # noqa: E402
 from minilora import lab  # noqa: E402
+from minilora.lab.timing import cpu_model  # noqa: E402
 
 LORA = {"target_modules": ["c_attn"], "r": 16, "alpha": 16}  # as in the chapter
 TASKS = ("largest", "smallest")
@@ -130,24 +130,13 @@ def one_seed(seed, steps, tasks, root):
     }
 
 
-def processor():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
 def write(args, argv, runs, base_accuracy, start):
     import transformers
 
     result = {
         "what": "chapter 04: one LoRA adapter per task on one base model, per seed",
         "provenance": {
-            "processor": processor(), "platform": platform.platform(), "python": platform.python_version(),
+            "processor": cpu_model(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": "python " + shlex.join([os.path.relpath(__file__, ROOT),

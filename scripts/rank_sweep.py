@@ -50,7 +50,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -63,6 +62,7 @@ sys.path.insert(0, str(ROOT))  # `import minilora` finds this checkout's package
 
 import minilora  # noqa: E402
 from minilora import lab  # noqa: E402
+from minilora.lab.timing import cpu_model  # noqa: E402
 
 TARGETS = ["c_attn"]
 STALL_SHARE = 0.95  # a run that gives one answer to 95% of the prompts or more has stalled
@@ -202,17 +202,6 @@ def one_run(task, r, lr, convention, seed, steps, batch_size, probe, validation)
     }
 
 
-def processor():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None):
     from tqdm import tqdm
 
@@ -307,7 +296,7 @@ def write(args, argv, task, grid, runs, start):
     result = {
         "what": "rank r x learning rate x alpha convention x seed, LoRA on c_attn, task 'largest'",
         "provenance": {
-            "processor": processor(), "platform": platform.platform(), "python": platform.python_version(),
+            "processor": cpu_model(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": "python " + shlex.join([os.path.relpath(__file__, ROOT), *(sys.argv[1:] if argv is None
