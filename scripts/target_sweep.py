@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import minilora  # noqa: E402
 from minilora import lab  # noqa: E402
+from minilora.lab.timing import cpu_model  # noqa: E402
 
 # name -> (parts of c_attn adapted as slices, the other module names adapted whole); parts: 0 = q, 1 = k, 2 = v.
 ROWS = {
@@ -173,7 +174,7 @@ def _record(args, argv, config, budget, rows, results, started, transformers_ver
             "command": "python " + shlex.join(["scripts/target_sweep.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "processor": platform.processor() or platform.machine(),
-            "cpu_model": _cpu_model(), "threads": torch.get_num_threads(),
+            "cpu_model": cpu_model(), "threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers_version,
             "minilora": minilora.__version__, "base_model": config.name_or_path.rsplit("/", 1)[-1],
             "wall_seconds": round(time.time() - started, 1),
@@ -192,16 +193,6 @@ def _record(args, argv, config, budget, rows, results, started, transformers_ver
         "plan": {row: rows[row] for row in args.rows},
         "results": results,
     }
-
-
-def _cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

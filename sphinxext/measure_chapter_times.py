@@ -24,16 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = Path(__file__).resolve().parent / "chapter_times.json"
 
 
-def processor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(notebook: str) -> dict:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
                notebook]
@@ -51,9 +41,11 @@ def main(notebooks: list[str]) -> None:
         raise SystemExit("name the notebooks to time, for example book/01_theory.ipynb")
     import torch
 
+    from minilora.lab.timing import cpu_model  # run with PYTHONPATH=$PWD, as the docstring says
+
     record = {
         "what": "wall time of one nbval --nbval-lax run per notebook (kernel start included), one at a time",
-        "processor": processor(),
+        "processor": cpu_model(),
         "cores": os.cpu_count(),
         "load_average_before": os.getloadavg(),
         "python": platform.python_version(),
